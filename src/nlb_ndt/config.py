@@ -1,0 +1,197 @@
+"""Every option of a run, with its unit: the original's yacs keys plus a few new ones.
+
+Units: the original counts "updates" as passes over the training set, so NUM_UPDATES,
+LR.WARMUP, PATIENCE, VAL_INTERVAL, LOG_INTERVAL, CHECKPOINT_INTERVAL and the
+MASK_SPAN_RAMP_* keys are all in **epochs**. Times are in bins of DATA.BIN_MS ms.
+
+Merge order: defaults <- template YAML <- generated paths <- command-line opts, then freeze.
+yacs only merges values of the same type, so numbers given on the command line or by a
+search must already be native `int` / `float`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+_C.SEED = 100  # base random seed (python, numpy, torch); a search derives one per trial
+_C.VARIANT = "experiment"  # run name; prefix of snapshot files outside a search
+_C.USE_TENSORBOARD = False  # write TensorBoard events (off: a CSV history is always written)
+_C.TENSORBOARD_DIR = "tb/"  # TensorBoard folder (relative to the run folder)
+_C.CHECKPOINT_DIR = "ckpts/"  # snapshot folder (relative to the run folder unless absolute)
+_C.LOG_DIR = "logs/"  # log folder (relative to the run folder)
+
+_C.SYSTEM = CN()
+_C.SYSTEM.TORCH_GPU_ID = 0  # CUDA device index when SYSTEM.DEVICE is "auto" or "cuda"
+_C.SYSTEM.GPU_AUTO_ASSIGN = False  # original: pick the least-used GPU (unused: Ray assigns GPUs)
+_C.SYSTEM.NUM_GPUS = 1  # original: DataParallel over several GPUs (unused: one model per trial)
+_C.SYSTEM.DEVICE = "auto"  # "auto" (CUDA if visible, else CPU), "cpu" or "cuda"
+
+_C.DATA = CN()
+_C.DATA.DATASET = "mc_maze_small"  # NLB dataset name (see nlb_ndt.datasets)
+_C.DATA.BIN_MS = 5  # bin width in ms: 5 (AESMTE3's track) or 20
+_C.DATA.DATAPATH = "data/"  # folder of the cached NDT h5 files (filled by generate_all_configs)
+_C.DATA.TRAIN_FILENAME = "train.h5"  # cached training file name, e.g. "mc_maze_train.h5"
+_C.DATA.VAL_FILENAME = "train.h5"  # always the same file as TRAIN_FILENAME (val split inside)
+_C.DATA.TEST_FILENAME = "test.h5"  # cached test-phase file name
+_C.DATA.OVERFIT_TEST = False  # original debugging switch (unused)
+_C.DATA.RANDOM_SUBSET_TRIALS = 1.0  # fraction of training trials to use (1.0 = all)
+_C.DATA.LOG_EPSILON = 1e-7  # original: log offset for ground-truth rates (unused for NLB)
+
+_C.MODEL = CN()
+_C.MODEL.NAME = "NeuralDataTransformer"  # the only model
+_C.MODEL.TRIAL_LENGTH = -1  # bins per trial fed to the model; <= 0 means the full T_obs + T_fwd
+_C.MODEL.CONTEXT_FORWARD = 4  # bins a query may attend ahead (< 0: unlimited)
+_C.MODEL.CONTEXT_BACKWARD = 8  # bins a query may attend behind (<= 0: unlimited)
+_C.MODEL.CONTEXT_WRAP_INITIAL = False  # let the first CONTEXT_BACKWARD bins see each other
+_C.MODEL.FULL_CONTEXT = False  # no attention band at all
+_C.MODEL.UNMASKED_LOSS_SCALE = 0.0  # deprecated in the original (unused)
+_C.MODEL.HIDDEN_SIZE = 128  # feed-forward width of each encoder layer
+_C.MODEL.DROPOUT = 0.1  # attention-probability and residual dropout
+_C.MODEL.DROPOUT_RATES = 0.2  # dropout before the rate decoder
+_C.MODEL.DROPOUT_EMBEDDING = 0.2  # dropout after adding positions
+_C.MODEL.NUM_HEADS = 2  # attention heads (d_model must divide by it)
+_C.MODEL.NUM_LAYERS = 6  # encoder layers
+_C.MODEL.ACTIVATION = "relu"  # feed-forward activation ("relu" or "gelu")
+_C.MODEL.LINEAR_EMBEDDER = False  # original option (unused by NLB templates; not supported)
+_C.MODEL.EMBED_DIM = 2  # 0: identity input (d_model = N); k > 0: per-count embedding, d = k*N
+_C.MODEL.LEARNABLE_POSITION = False  # learned position table (True in every NLB template)
+_C.MODEL.MAX_SPIKE_COUNT = 20  # original: classes of the "cel" loss (unused)
+_C.MODEL.REQUIRES_RATES = False  # original: synthetic ground truth (unused)
+_C.MODEL.LOGRATE = True  # the decoder outputs log-rates per bin (only True is supported)
+_C.MODEL.SPIKE_LOG_INIT = False  # original option (unused)
+_C.MODEL.FIXUP_INIT = False  # T-Fixup scaling of linear1, linear2, out_proj at construction
+_C.MODEL.PRE_NORM = False  # LayerNorm before attention / feed-forward (True in NLB templates)
+_C.MODEL.SCALE_NORM = False  # ScaleNorm instead of LayerNorm (not supported)
+_C.MODEL.FAST_ATTENTION = True  # fused scaled_dot_product_attention (False: the plain path)
+_C.MODEL.DECODER = CN()
+_C.MODEL.DECODER.LAYERS = 1  # linear decoder layers (only 1 is supported)
+_C.MODEL.LOSS = CN()
+_C.MODEL.LOSS.TYPE = "poisson"  # Poisson NLL on log-rates
+_C.MODEL.LOSS.TOPK = 1.0  # fraction of loss terms kept (1.0 = all)
+_C.MODEL.POSITION = CN()
+_C.MODEL.POSITION.OFFSET = True  # sinusoidal positions start at 1; learned ones always at 0
+
+_C.TRAIN = CN()
+_C.TRAIN.DO_VAL = True  # validate every VAL_INTERVAL epochs
+_C.TRAIN.DO_R2 = True  # original: R2 against ground-truth rates (unused for NLB)
+_C.TRAIN.BATCH_SIZE = 64  # trials per batch
+_C.TRAIN.NUM_UPDATES = 10000  # training length in epochs; the cosine reaches 0 here and training stops
+_C.TRAIN.MAX_GRAD_NORM = 200.0  # gradient-norm clip
+_C.TRAIN.USE_ZERO_MASK = True  # mask token is 0 (else max_spikes + 1)
+_C.TRAIN.MASK_RATIO = 0.2  # fraction of observed bins masked
+_C.TRAIN.MASK_TOKEN_RATIO = 1.0  # of masked entries, fraction replaced by the mask token
+_C.TRAIN.MASK_RANDOM_RATIO = 0.5  # of the rest, fraction replaced by a random count
+_C.TRAIN.MASK_MODE = "timestep"  # masking unit (only "timestep" is supported)
+_C.TRAIN.MASK_MAX_SPAN = 1  # widest masked span in bins
+_C.TRAIN.MASK_SPAN_RAMP_START = 600  # epoch where spans start to be used
+_C.TRAIN.MASK_SPAN_RAMP_END = 1200  # epoch from which spans are always used
+_C.TRAIN.LR = CN()
+_C.TRAIN.LR.INIT = 1e-3  # peak learning rate
+_C.TRAIN.LR.SCHEDULE = True  # use LR.SCHEDULER (False: constant LR.INIT)
+_C.TRAIN.LR.SCHEDULER = "cosine"  # linear warmup then half-cosine to 0 at NUM_UPDATES
+_C.TRAIN.LR.WARMUP = 1000  # warmup length in epochs
+_C.TRAIN.WEIGHT_DECAY = 0.0  # AdamW decoupled weight decay (on every parameter, as the original)
+_C.TRAIN.EPS = 1e-8  # AdamW epsilon
+_C.TRAIN.PATIENCE = 750  # stop when the best masked val loss is this many epochs old
+_C.TRAIN.CHECKPOINT_INTERVAL = 1000  # epochs between resumable state saves
+_C.TRAIN.LOG_INTERVAL = 50  # epochs between progress log lines
+_C.TRAIN.VAL_INTERVAL = 10  # epochs between validations
+_C.TRAIN.TUNE_MODE = False  # set inside a Ray Tune trial
+_C.TRAIN.TUNE_EPOCHS_PER_GENERATION = 500  # original: epochs per Tune step (we report every validation)
+_C.TRAIN.TUNE_HP_JSON = "./search_space.json"  # search-space JSON (filled by generate_all_configs)
+_C.TRAIN.TUNE_WARMUP = 0  # original (unused)
+_C.TRAIN.TUNE_METRIC = "smth_masked_loss"  # original (unused; see run_hyperopt --objective)
+_C.TRAIN.LFVE_LEGACY = False  # True: the original's buggy unmasked loss for the lfve snapshot
+_C.TRAIN.VAL_MASK_SEED = 0  # seed of the fixed validation mask (the original redrew it)
+_C.TRAIN.DATA_ON_DEVICE = True  # keep the whole dataset on the device (no per-batch copies)
+_C.TRAIN.AMP = True  # bf16 autocast on CUDA (ignored on CPU)
+_C.TRAIN.COMPILE = False  # torch.compile the model (CUDA only)
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()
+
+
+def load_config(files: str | Path | Iterable[str | Path] = (),
+                opts: list[str] | None = None, *, freeze: bool = True) -> CN:
+    """Defaults merged with each YAML file in order, then `opts` (["KEY", "VALUE", ...]).
+
+    Unknown keys raise a KeyError that names the key and the file.
+    """
+    cfg = get_cfg_defaults()
+    if isinstance(files, (str, Path)):
+        files = [files]
+    for f in files:
+        try:
+            cfg.merge_from_file(str(f))
+        except KeyError as exc:
+            raise KeyError(f"{f}: {exc.args[0] if exc.args else exc}") from None
+    if opts:
+        cfg.merge_from_list(list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def load_config_text(text: str) -> CN:
+    """Defaults merged with a YAML string (as stored in our checkpoints)."""
+    cfg = get_cfg_defaults()
+    cfg.merge_from_other_cfg(CN.load_cfg(text))
+    return cfg
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"TRAIN": {"LR": {"INIT": 1e-3}}} -> {"TRAIN.LR.INIT": 1e-3}."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of `flatten`."""
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = nested
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def apply_overrides(cfg: CN, overrides: Mapping[str, Any]) -> CN:
+    """A copy of `cfg` with dotted-key overrides (e.g. sampled hyperparameters) merged in.
+
+    Values are coerced to the type of the default, so a float-valued search point for an
+    int key (or numpy scalars) merges cleanly; unknown keys raise KeyError.
+    """
+    out = cfg.clone()
+    out.defrost()
+    for name, value in overrides.items():
+        node = out
+        *parents, leaf = name.split(".")
+        for p in parents:
+            if p not in node:
+                raise KeyError(f"unknown config key {name!r}")
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"unknown config key {name!r}")
+        default = node[leaf]
+        if isinstance(default, bool):
+            value = bool(value)
+        elif isinstance(default, int):
+            value = int(round(float(value)))
+        elif isinstance(default, float):
+            value = float(value)
+        node[leaf] = value
+    return out
