@@ -1,0 +1,280 @@
+"""The Neural Data Transformer (Ye & Pandarinath 2021) as AESMTE3 configured it.
+
+Shape legend: B = trials, T = time bins (T_obs observed + T_fwd forward-prediction),
+N = neurons (N_in held-in + N_out held-out), d = model width (N, or EMBED_DIM * N).
+
+One token per bin. The input at bin t is the vector of N spike counts (held-out neurons
+and forward bins are zeroed by the caller), scaled by sqrt(d); learned positions are added;
+a stack of pre-norm encoder layers attends within a band of bins (query t sees keys
+t - CONTEXT_BACKWARD ... t + CONTEXT_FORWARD); a final LayerNorm, dropout and one linear
+layer give log-rates per bin. The loss is Poisson NLL over labelled elements.
+
+Parameter and buffer names equal the original's, so its released checkpoints load with
+`strict=True`: pos_encoder.{pe, pos_embedding.weight}, transformer_encoder.layers.{i}.
+{self_attn.in_proj_weight, self_attn.in_proj_bias, self_attn.out_proj, linear1, linear2,
+norm1, norm2}, transformer_encoder.norm, decoder.0, and embedder.0 when EMBED_DIM > 0.
+
+Two attention paths compute the same function: the fast one calls
+`F.scaled_dot_product_attention` with a boolean band mask and never materialises the
+attention weights; the plain one is the textbook softmax(QK^T/sqrt(h) + mask)V, kept as a
+reference and for inspecting attention (`return_weights=True`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100  # label value of elements that do not enter the loss
+
+
+def context_mask(trial_length: int, forward: int, backward: int, *,
+                 full_context: bool = False) -> torch.Tensor:
+    """Boolean (T, T) mask, True where query t may attend key s.
+
+    Allowed: t - backward <= s <= t + forward. As in the original, forward < 0 means
+    unlimited forward context and backward <= 0 means unlimited backward context.
+    """
+    t = torch.arange(trial_length)
+    offset = t[None, :] - t[:, None]  # [query, key] = s - t
+    allowed = torch.ones(trial_length, trial_length, dtype=torch.bool)
+    if full_context:
+        return allowed
+    if forward >= 0:
+        allowed &= offset <= forward
+    if backward > 0:
+        allowed &= offset >= -backward
+    return allowed
+
+
+class BandedSelfAttention(nn.Module):
+    """Multi-head self-attention with the parameter names of nn.MultiheadAttention."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float, *, fast: bool = True):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"model width {d_model} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.fast = fast
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, d = x.shape
+        h = self.num_heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3d)
+        q, k, v = qkv.view(B, T, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, T, d/h)
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if self.fast and not return_weights:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(d // h)  # (B, h, T, T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = F.dropout(scores.softmax(dim=-1), p, self.training)
+            out = weights @ v
+        out = out.transpose(1, 2).reshape(B, T, d)
+        return self.out_proj(out), weights
+
+
+class EncoderLayer(nn.Module):
+    """One transformer encoder layer (pre- or post-norm), named as nn.TransformerEncoderLayer."""
+
+    def __init__(self, d_model: int, cfg, *, num_layers: int):
+        super().__init__()
+        self.pre_norm = bool(cfg.PRE_NORM)
+        self.self_attn = BandedSelfAttention(d_model, cfg.NUM_HEADS, cfg.DROPOUT,
+                                             fast=cfg.FAST_ATTENTION)
+        self.linear1 = nn.Linear(d_model, cfg.HIDDEN_SIZE)
+        self.linear2 = nn.Linear(cfg.HIDDEN_SIZE, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(cfg.DROPOUT)  # inside the feed-forward block
+        self.dropout1 = nn.Dropout(cfg.DROPOUT)  # on the attention residual
+        self.dropout2 = nn.Dropout(cfg.DROPOUT)  # on the feed-forward residual
+        if cfg.ACTIVATION not in ("relu", "gelu"):
+            raise ValueError(f"MODEL.ACTIVATION must be relu or gelu, not {cfg.ACTIVATION!r}")
+        self.activation = F.relu if cfg.ACTIVATION == "relu" else F.gelu
+        if cfg.FIXUP_INIT:
+            # T-Fixup (Huang et al. 2020) as the original applied it: scale the residual
+            # branches' output weights by 0.67 * L^(-1/4). The original also meant to scale
+            # V by sqrt(2) but looked for a parameter name that packed projections never
+            # have, so it never happened; we reproduce what actually ran.
+            scale = 0.67 * num_layers ** -0.25
+            with torch.no_grad():
+                for w in (self.linear1.weight, self.linear2.weight,
+                          self.self_attn.out_proj.weight):
+                    w.mul_(scale)
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pre_norm:
+            attn, weights = self.self_attn(self.norm1(x), mask, return_weights)
+            x = x + self.dropout1(attn)
+            x = x + self.dropout2(self._feed_forward(self.norm2(x)))
+        else:
+            attn, weights = self.self_attn(x, mask, return_weights)
+            x = self.norm1(x + self.dropout1(attn))
+            x = self.norm2(x + self.dropout2(self._feed_forward(x)))
+        return x, weights
+
+
+class Encoder(nn.Module):
+    """The layer stack plus the final LayerNorm the original always applied."""
+
+    def __init__(self, d_model: int, cfg):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, cfg, num_layers=cfg.NUM_LAYERS) for _ in range(cfg.NUM_LAYERS)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+
+class PositionalEncoding(nn.Module):
+    """Learned (the NLB templates) or sinusoidal positions, added to the tokens.
+
+    `pe` holds the position indices (learned) or the encodings (sinusoidal), as in the
+    original. Learned positions index 0..T-1: the original's +1 offset indexed past the
+    end of its table (NDT issue #1), so the offset only applies to sinusoidal positions.
+    """
+
+    def __init__(self, d_model: int, trial_length: int, *, learnable: bool, offset: bool):
+        super().__init__()
+        self.learnable = learnable
+        if learnable:
+            self.register_buffer("pe", torch.arange(trial_length).unsqueeze(1))  # (T, 1)
+            self.pos_embedding = nn.Embedding(trial_length, d_model)
+        else:
+            position = torch.arange(trial_length, dtype=torch.float).unsqueeze(1) + int(offset)
+            freq = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(1e4) / d_model))
+            pe = torch.zeros(trial_length, d_model)
+            pe[:, 0::2] = torch.sin(position * freq)
+            pe[:, 1::2] = torch.cos(position * freq)[:, : d_model // 2]
+            self.register_buffer("pe", pe.unsqueeze(1))  # (T, 1, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        if self.learnable:
+            return x + self.pos_embedding(self.pe[:T, 0])  # (T, d) broadcast over B
+        return x + self.pe[:T, 0]
+
+
+class NDT(nn.Module):
+    """Neural Data Transformer.
+
+    Args:
+        cfg: the MODEL node of the config (see nlb_ndt.config).
+        num_neurons: N = N_in + N_out.
+        trial_length: T = T_obs + T_fwd (bins).
+        max_spikes: largest count the model expects (training max + 3); inputs are
+            clamped to it at inference, and it sizes the per-count embedding.
+    """
+
+    def __init__(self, cfg, *, num_neurons: int, trial_length: int, max_spikes: int):
+        super().__init__()
+        if cfg.LINEAR_EMBEDDER or cfg.SCALE_NORM or cfg.CONTEXT_WRAP_INITIAL:
+            raise NotImplementedError(
+                "MODEL.LINEAR_EMBEDDER, SCALE_NORM and CONTEXT_WRAP_INITIAL are not "
+                "supported (no NLB template uses them)")
+        if not cfg.LOGRATE or cfg.DECODER.LAYERS != 1 or cfg.LOSS.TYPE != "poisson":
+            raise NotImplementedError("only LOGRATE, one decoder layer and Poisson loss are supported")
+        self.num_neurons = int(num_neurons)
+        self.trial_length = int(trial_length)
+        self.max_spikes = int(max_spikes)
+        self.embed_dim = int(cfg.EMBED_DIM)
+        if self.embed_dim > 0:
+            # A learned vector per count value (0..max_spikes+1, the last being the
+            # original's non-zero mask token), concatenated over neurons.
+            self.embedder = nn.Sequential(nn.Embedding(self.max_spikes + 2, self.embed_dim))
+            self.d_model = self.embed_dim * self.num_neurons
+        else:
+            self.embedder = nn.Identity()
+            self.d_model = self.num_neurons
+        self.scale = math.sqrt(self.d_model)
+        self.pos_encoder = PositionalEncoding(
+            self.d_model, self.trial_length, learnable=cfg.LEARNABLE_POSITION,
+            offset=cfg.POSITION.OFFSET)
+        self.embedding_dropout = nn.Dropout(cfg.DROPOUT_EMBEDDING)
+        self.transformer_encoder = Encoder(self.d_model, cfg)
+        self.rate_dropout = nn.Dropout(cfg.DROPOUT_RATES)
+        self.decoder = nn.Sequential(nn.Linear(self.d_model, self.num_neurons))
+        self.topk = float(cfg.LOSS.TOPK)
+        self.register_buffer(
+            "attn_mask",
+            context_mask(self.trial_length, cfg.CONTEXT_FORWARD, cfg.CONTEXT_BACKWARD,
+                         full_context=cfg.FULL_CONTEXT),
+            persistent=False,  # derived from the config; not part of the original's state
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.uniform_(self.decoder[0].weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder[0].bias)
+        if self.embed_dim > 0:
+            nn.init.uniform_(self.embedder[0].weight, -0.1, 0.1)
+
+    def forward(self, src: torch.Tensor, labels: torch.Tensor | None = None,
+                return_weights: bool = False):
+        """Log-rates per bin, and the Poisson loss when labels are given.
+
+        Args:
+            src: (B, T, N) spike counts (float or integer).
+            labels: (B, T, N) target counts; IGNORE_INDEX where not scored.
+            return_weights: also return each layer's attention weights (plain path).
+
+        Returns:
+            (loss, log_rates) with loss None when labels is None; with
+            return_weights, (loss, log_rates, [weights per layer]).
+        """
+        B, T, N = src.shape
+        if self.embed_dim > 0:
+            x = self.embedder(src.long()).reshape(B, T, self.d_model)  # (B, T, k*N)
+        else:
+            x = src.float()
+        x = self.embedding_dropout(self.pos_encoder(x * self.scale))
+        mask = None if bool(self.attn_mask.all()) else self.attn_mask[:T, :T]
+        all_weights = []
+        for layer in self.transformer_encoder.layers:
+            x, w = layer(x, mask, return_weights)
+            all_weights.append(w)
+        x = self.transformer_encoder.norm(x)
+        log_rates = self.decoder(self.rate_dropout(x))  # (B, T, N)
+        loss = None if labels is None else poisson_loss(log_rates, labels, topk=self.topk)
+        if return_weights:
+            return loss, log_rates, all_weights
+        return loss, log_rates
+
+
+def poisson_loss(log_rates: torch.Tensor, labels: torch.Tensor, *,
+                 topk: float = 1.0) -> torch.Tensor:
+    """Mean Poisson NLL (no Stirling term), exp(r) - y*r, over labelled elements.
+
+    Computed with a mask rather than boolean indexing, so it never synchronises the
+    device or copies the selected elements.
+    """
+    labelled = labels != IGNORE_INDEX
+    y = torch.where(labelled, labels, 0).to(log_rates.dtype)
+    nll = (torch.exp(log_rates) - y * log_rates) * labelled
+    if topk < 1.0:
+        values = nll[labelled]
+        k = max(1, int(topk * values.numel()))
+        return values.topk(k).values.mean()
+    return nll.sum() / labelled.sum().clamp_min(1)
+
+
+def build_model(cfg, *, num_neurons: int, trial_length: int, max_spikes: int) -> NDT:
+    """Build the NDT from a whole config (uses cfg.MODEL)."""
+    return NDT(cfg.MODEL, num_neurons=num_neurons, trial_length=trial_length,
+               max_spikes=max_spikes)
