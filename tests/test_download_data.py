@@ -1,0 +1,395 @@
+"""download_data.py and nlb_ndt.download's DANDI side, against a real local HTTP server.
+
+Every fault test ends in one of two states: the verified file is at its final path, or
+the command exited non-zero with one `error:` line and nothing is at the final path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fake_services import FakeServices, drop, fail, ignore_range, slow, truncate
+
+from nlb_ndt import download
+from nlb_ndt.datasets import get_spec
+from nlb_ndt.paths import get_paths
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = get_spec("mc_maze_small")
+PATH_VARS = ("NLB_HOME", "NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
+             "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT")
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPT = _load_script("download_data")
+
+
+@dataclass(frozen=True)
+class Served:
+    """One file the fake DANDI serves, and where it must end up."""
+
+    asset_id: str
+    data: bytes
+    dest: Path
+    content: str  # content-host path the download endpoint redirects to
+
+    @property
+    def part(self) -> Path:
+        return self.dest.with_name(self.dest.name + ".part")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() reconfigures the root logger onto captured streams; put it back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A started FakeServices with every endpoint and path variable pointed at it."""
+    for var in PATH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NLB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NLB_DOWNLOAD_BACKOFF_S", "0.01")
+    monkeypatch.setenv("NLB_DOWNLOAD_RETRIES", "4")
+    monkeypatch.setenv("NLB_DOWNLOAD_TIMEOUT_S", "10")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with FakeServices() as services:
+        monkeypatch.setenv("NLB_DANDI_API_URL", services.dandi_api_url)
+        monkeypatch.setenv("NLB_ZENODO_API_URL", services.zenodo_api_url)
+        monkeypatch.setenv("NLB_EVAL_DATA_URL", services.add_file("/media/eval.h5", b"x"))
+        yield services
+
+
+def _serve(fake: FakeServices, rel: str, data: bytes, *, version: str = SPEC.version,
+           sha256: str | None = None) -> Served:
+    asset_id = fake.add_dandi_asset(SPEC.dandiset_id, version, rel, data, sha256=sha256)
+    dest = get_paths().data_raw / SPEC.dandiset_id / rel
+    return Served(asset_id, data, dest, fake.content_path(asset_id))
+
+
+@pytest.fixture
+def small(fake) -> tuple[Served, Served]:
+    """mc_maze_small's train (256 KiB) and test (60 kB) files at the pinned version."""
+    rng = random.Random(0)
+    return (_serve(fake, SPEC.train_file, rng.randbytes(256 * 1024)),
+            _serve(fake, SPEC.test_file, rng.randbytes(60_000)))
+
+
+def _ok(capsys, *args: str) -> str:
+    assert SCRIPT.main(["--datasets", "mc_maze_small", *args]) == 0
+    return capsys.readouterr().out
+
+
+def _fails(capsys, *args: str) -> list[str]:
+    """Run expecting exit 1; returns stderr's lines after checking the error is one line."""
+    assert SCRIPT.main(["--datasets", "mc_maze_small", "--quiet", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ")
+    assert sum(line.startswith("error: ") for line in err) == 1
+    assert "Traceback" not in "\n".join(err)
+    return err
+
+
+def _start(range_header: str | None) -> int:
+    assert range_header is not None and range_header.startswith("bytes=")
+    return int(range_header[len("bytes="):].rstrip("-"))
+
+
+def test_download_data_fetches_pinned_files_into_dandi_layout(fake, small, capsys):
+    """Verify that both files follow the paginated list and the redirect, land byte-identical in
+    the DANDI layout, and leave no .part behind."""
+    out = _ok(capsys)
+    list_path = f"/dandi/api/dandisets/000140/versions/{SPEC.version}/assets/"
+    assert len(fake.requests_to(list_path)) == 2  # one asset per page: `next` was followed
+    for served in small:
+        assert served.dest.read_bytes() == served.data
+        assert not served.part.exists()
+        assert fake.requests_to(f"/dandi/api/assets/{served.asset_id}/")  # digest lookup
+        assert fake.requests_to(f"/dandi/api/assets/{served.asset_id}/download/")
+        assert fake.ranges(served.content) == [None]
+    assert small[0].dest == (get_paths().data_raw / "000140/sub-Jenkins"
+                             / "sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb")
+    assert "done: 2 downloaded" in out
+
+
+def test_download_data_skips_files_already_verified(fake, small, capsys):
+    """Verify that a second run downloads nothing and reports both files as verified."""
+    _ok(capsys)
+    out = _ok(capsys)
+    for served in small:
+        assert len(fake.requests_to(served.content)) == 1
+    assert "0 downloaded" in out and "2 already present and verified" in out
+
+
+def test_download_data_replaces_file_that_fails_verification(fake, small, capsys):
+    """Verify that a damaged file at the final path is replaced by a verified download."""
+    train = small[0]
+    train.dest.parent.mkdir(parents=True)
+    train.dest.write_bytes(train.data[:-1] + b"\0")
+    _ok(capsys)
+    assert train.dest.read_bytes() == train.data
+
+
+def test_download_data_dry_run_lists_files_and_sizes(fake, small, capsys):
+    """Verify that --dry-run prints both files with their byte counts and fetches nothing."""
+    out = _ok(capsys, "--dry-run")
+    for served in small:
+        line = next(line for line in out.splitlines() if served.dest.name in line)
+        assert f"{len(served.data):,}" in line and "missing" in line
+        assert not fake.requests_to(served.content)
+        assert not fake.requests_to(f"/dandi/api/assets/{served.asset_id}/download/")
+    assert "nothing was downloaded" in out
+    assert not get_paths().data_raw.exists()
+
+
+def test_download_data_draft_version_fetches_draft_assets(fake, small, capsys):
+    """Verify that --version draft lists and fetches the draft's assets, not the pinned ones."""
+    draft = _serve(fake, SPEC.train_file, b"draft" * 1000, version="draft")
+    _serve(fake, SPEC.test_file, b"draft test", version="draft")
+    _ok(capsys, "--version", "draft")
+    assert draft.dest.read_bytes() == b"draft" * 1000
+    assert not fake.requests_to(small[0].content)
+
+
+def test_download_data_retries_server_errors_then_succeeds(fake, small, capsys):
+    """Verify that 500 on the list and 500, 503 on the file are retried to a verified file."""
+    train = small[0]
+    fake.inject(f"/dandi/api/dandisets/000140/versions/{SPEC.version}/assets/", fail(500))
+    fake.inject(train.content, fail(500), fail(503))
+    _ok(capsys)
+    assert train.dest.read_bytes() == train.data
+    assert len(fake.requests_to(train.content)) == 3
+
+
+def test_download_data_persistent_server_error_fails_cleanly(fake, small, capsys):
+    """Verify that a server answering 503 every time ends in one line and no file."""
+    train = small[0]
+    fake.inject(train.content, *[fail(503)] * 10)
+    err = _fails(capsys)
+    assert "kept answering HTTP 503 after 4 attempts" in err[-1]
+    assert not train.dest.exists()
+
+
+def test_download_data_resumes_after_dropped_connection(fake, small, capsys):
+    """Verify that a connection reset mid-file is resumed with a Range request in the same run."""
+    train = small[0]
+    fake.inject(train.content, drop(at=0.6))
+    _ok(capsys)
+    ranges = fake.ranges(train.content)
+    assert len(ranges) == 2 and ranges[0] is None
+    assert 0 < _start(ranges[1]) < len(train.data)
+    assert train.dest.read_bytes() == train.data
+
+
+def test_download_data_next_run_resumes_from_partial_file(fake, small, capsys, monkeypatch):
+    """Verify that a run that gives up after a drop keeps the .part, and the next run resumes
+    from exactly its size."""
+    train = small[0]
+    monkeypatch.setenv("NLB_DOWNLOAD_RETRIES", "1")
+    fake.inject(train.content, drop(at=0.6))
+    err = _fails(capsys)
+    assert "re-running resumes it" in err[-1]
+    assert not train.dest.exists()
+    have = train.part.stat().st_size
+    assert 0 < have < len(train.data)
+    _ok(capsys)
+    assert fake.ranges(train.content)[-1] == f"bytes={have}-"
+    assert train.dest.read_bytes() == train.data
+
+
+def test_download_data_resumes_truncated_body(fake, small, capsys):
+    """Verify that bodies shorter than their Content-Length are resumed to a verified file."""
+    train = small[0]
+    fake.inject(train.content, truncate(at=0.3), truncate(at=0.5))
+    _ok(capsys)
+    starts = [_start(r) for r in fake.ranges(train.content)[1:]]
+    assert len(starts) == 2 and 0 < starts[0] <= starts[1] < len(train.data)
+    assert train.dest.read_bytes() == train.data
+
+
+def test_download_data_failures_that_make_progress_do_not_use_up_retries(
+        fake, small, capsys, monkeypatch):
+    """Verify that attempts which each add bytes to the .part are not counted against the
+    retry limit, so a flaky link still finishes a big file."""
+    train = small[0]
+    monkeypatch.setenv("NLB_DOWNLOAD_RETRIES", "2")
+    chunk = download.CHUNK_BYTES
+    # Each truncated answer carries a little more than one chunk of what is still missing.
+    fake.inject(train.content, *[truncate(at=(chunk + 1000) / (len(train.data) - i * chunk))
+                                 for i in range(3)])
+    _ok(capsys)
+    assert len(fake.requests_to(train.content)) == 4
+    assert train.dest.read_bytes() == train.data
+
+
+def test_download_data_persistent_truncation_fails_cleanly(fake, small, capsys):
+    """Verify that a body that always stops short ends in one line, a kept .part, no file."""
+    train = small[0]
+    fake.inject(train.content, *[truncate(at=0.9)] * 10)
+    err = _fails(capsys)
+    assert "breaking off" in err[-1]
+    assert not train.dest.exists() and train.part.exists()
+
+
+def test_download_data_wrong_digest_fails_without_file(fake, capsys):
+    """Verify that a sha256 mismatch stops with one line and leaves neither file nor .part."""
+    bad = _serve(fake, SPEC.train_file, b"a" * 5000, sha256="0" * 64)
+    _serve(fake, SPEC.test_file, b"b" * 5000)
+    err = _fails(capsys)
+    assert len(err) == 1 and "sha256 mismatch" in err[0]
+    assert not bad.dest.exists() and not bad.part.exists()
+
+
+def test_download_data_digest_mismatch_after_resume_restarts_once(fake, small, capsys):
+    """Verify that a .part whose bytes are foreign is detected by the digest and the file is
+    fetched again from the start."""
+    train = small[0]
+    train.part.parent.mkdir(parents=True)
+    train.part.write_bytes(b"\xff" * 10_000)
+    _ok(capsys)
+    assert fake.ranges(train.content) == ["bytes=10000-", None]
+    assert train.dest.read_bytes() == train.data
+
+
+def test_download_data_server_ignoring_range_restarts(fake, small, capsys):
+    """Verify that a 200 answer to a Range request rewrites the .part from the start."""
+    train = small[0]
+    train.part.parent.mkdir(parents=True)
+    train.part.write_bytes(train.data[:10_000])
+    fake.inject(train.content, ignore_range())
+    _ok(capsys)
+    assert fake.ranges(train.content) == ["bytes=10000-"]
+    assert train.dest.read_bytes() == train.data
+
+
+def test_download_data_not_found_fails_with_one_line(fake, small, capsys):
+    """Verify that a 404 from the content host is permanent: one line, no retry, no file."""
+    train = small[0]
+    fake.inject(train.content, fail(404))
+    err = _fails(capsys)
+    assert len(err) == 1 and "HTTP 404" in err[0] and train.dest.name in err[0]
+    assert len(fake.requests_to(train.content)) == 1
+    assert not train.dest.exists()
+
+
+def test_download_data_missing_asset_is_named(fake, capsys):
+    """Verify that a version lacking one of the dataset's files says which one."""
+    _serve(fake, SPEC.train_file, b"only train")
+    err = _fails(capsys)
+    assert len(err) == 1 and SPEC.test_file in err[0] and "000140" in err[0]
+
+
+def test_download_data_unreachable_host_says_how_to_use_local_files(fake, capsys, monkeypatch):
+    """Verify that an unreachable API yields one line naming the host and NLB_DATA_RAW."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("NLB_DANDI_API_URL", f"http://127.0.0.1:{port}/api")
+    err = _fails(capsys)
+    assert f"cannot reach 127.0.0.1:{port}" in err[-1] and "connection refused" in err[-1]
+    assert "NLB_DATA_RAW" in err[-1]
+
+
+def test_download_data_refuses_synthetic_dataset_folder(fake, small, capsys):
+    """Verify that a dandiset folder holding SYNTHETIC.json is refused before any request."""
+    folder = get_paths().data_raw / "000140"
+    folder.mkdir(parents=True)
+    (folder / "SYNTHETIC.json").write_text("{}")
+    err = _fails(capsys)
+    assert len(err) == 1 and "synthetic" in err[0] and str(folder) in err[0]
+    assert fake.log == []
+
+
+def test_download_data_unknown_dataset_lists_valid_names(fake, capsys):
+    """Verify that a misspelt dataset fails with one line listing the valid names."""
+    assert SCRIPT.main(["--datasets", "mc_mazy", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mc_maze_small" in err[0]
+    assert fake.log == []
+
+
+def test_fetch_eval_data_downloads_and_verifies(fake):
+    """Verify that the eval file lands at paths.eval_data_test when its digest matches."""
+    data = random.Random(1).randbytes(100_000)
+    url = fake.add_file("/media/eval_data_test.h5", data)
+    result = download.fetch_eval_data(url=url, sha256=hashlib.sha256(data).hexdigest(),
+                                      size=len(data))
+    assert result.status == "downloaded"
+    assert get_paths().eval_data_test.read_bytes() == data
+
+
+def test_download_data_eval_data_of_wrong_size_is_refused(fake, small, capsys):
+    """Verify that --eval-data refuses a served file unlike the published one, leaving none."""
+    err = _fails(capsys, "--eval-data")
+    assert "eval_data_test.h5" in err[-1] and f"{download.EVAL_DATA_SIZE:,}" in err[-1]
+    assert not get_paths().eval_data_test.exists()
+    assert small[0].dest.read_bytes() == small[0].data  # the NWB files came first
+
+
+def test_download_data_eval_data_alone_skips_dandi(fake, small, capsys):
+    """Verify that --eval-data without --datasets plans only the eval file, asking DANDI nothing."""
+    assert SCRIPT.main(["--eval-data", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "eval_data_test.h5" in out and f"{download.EVAL_DATA_SIZE:,}" in out
+    assert "dry run: 1 file," in out
+    assert not [seen for seen in fake.log if seen.path.startswith("/dandi/")]
+
+
+def test_fetch_eval_data_refuses_to_replace_synthetic_ground_truth(fake):
+    """Verify that eval data is not written over the synthetic dataset's ground truth."""
+    paths = get_paths()
+    (paths.data_raw / "000140").mkdir(parents=True)
+    (paths.data_raw / "000140" / "SYNTHETIC.json").write_text("{}")
+    paths.eval_data_test.write_bytes(b"synthetic truth")
+    with pytest.raises(download.DownloadError, match="synthetic"):
+        download.fetch_eval_data()
+    assert paths.eval_data_test.read_bytes() == b"synthetic truth"
+
+
+def test_download_data_sigint_keeps_part_and_rerun_resumes(fake, small, capsys):
+    """Verify that Ctrl-C during a slow download leaves the .part, and a re-run resumes it with
+    a Range request from its size to byte-identical content."""
+    train = small[0]
+    fake.inject(train.content, slow(delay_s=0.03, chunk=4096))  # 256 KiB in about 2 s
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "download_data.py"), "--datasets", "mc_maze_small"],
+        cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (train.part.exists() and train.part.stat().st_size > 0):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no partial file appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    have = train.part.stat().st_size
+    assert 0 < have < len(train.data) and not train.dest.exists()
+    _ok(capsys)
+    assert fake.ranges(train.content)[-1] == f"bytes={have}-"
+    assert train.dest.read_bytes() == train.data
