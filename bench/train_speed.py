@@ -1,0 +1,147 @@
+"""Training speed of one NDT on data of a real dataset's shape; prints JSON.
+
+    python bench/train_speed.py --shape mc_maze --device cpu
+    python bench/train_speed.py --shape mc_maze --device cuda --concurrent 8
+
+The data are Poisson counts with the dataset's exact shape (trials, bins, neurons at
+5 ms), so the work per epoch equals a real run's; the model is the dataset's template
+(configs/templates/<shape>.yaml) with search-space mid-range values for the searched
+keys (context 50/50, dropout 0.5). `--plain` runs the straightforward path (unfused
+attention, fp32), which is what the original architecture costs. `--concurrent K` starts
+K copies at once (as K trials sharing one GPU) and reports each one's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def poisson_arrays(spec, bin_ms: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Val-phase tensors with the dataset's shapes, as preprocess.load_tensors returns."""
+    rng = np.random.default_rng(seed)
+    t_obs, t_fwd = spec.bins(bin_ms)
+    lam = 0.05 * bin_ms / 5  # ~10 Hz
+
+    def counts(n, t, k):
+        return rng.poisson(lam, size=(n, t, k)).astype(np.float32)
+
+    out = {}
+    for prefix, n in (("train", spec.n_train), ("eval", spec.n_val)):
+        out[f"{prefix}_spikes_heldin"] = counts(n, t_obs, spec.n_heldin)
+        out[f"{prefix}_spikes_heldout"] = counts(n, t_obs, spec.n_heldout)
+        out[f"{prefix}_spikes_heldin_forward"] = counts(n, t_fwd, spec.n_heldin)
+        out[f"{prefix}_spikes_heldout_forward"] = counts(n, t_fwd, spec.n_heldout)
+    return out
+
+
+def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int):
+    from nlb_ndt.config import load_config
+
+    opts = ["MODEL.CONTEXT_FORWARD", 50, "MODEL.CONTEXT_BACKWARD", 50,
+            "MODEL.DROPOUT", 0.5, "MODEL.DROPOUT_RATES", 0.5, "MODEL.DROPOUT_EMBEDDING", 0.5,
+            "MODEL.FAST_ATTENTION", not plain, "TRAIN.AMP", amp and not plain,
+            "TRAIN.NUM_UPDATES", epochs, "TRAIN.LR.WARMUP", 1, "TRAIN.DO_VAL", False,
+            "TRAIN.LOG_INTERVAL", 10**6, "TRAIN.CHECKPOINT_INTERVAL", 10**6]
+    return load_config(ROOT / "configs" / "templates" / f"{shape}.yaml", opts)
+
+
+def measure(args) -> dict:
+    from nlb_ndt.datasets import get_spec
+    from nlb_ndt.train import Trainer
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    spec = get_spec(args.shape)
+    arrays = poisson_arrays(spec, 5)
+    cfg = bench_config(args.shape, plain=args.plain, amp=args.amp, epochs=args.epochs + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, run_dir=tmp, device=args.device, arrays=arrays,
+                          val_heldout_target=arrays["eval_spikes_heldout"])
+        device = trainer.device
+        trainer.epoch = 1  # skip the warmup epoch's lr = 0 (speed is what we measure)
+        trainer.train_epoch()  # warm-up: allocator, kernels, compilation
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.epochs):
+            t0 = time.perf_counter()
+            trainer.train_epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        t_val = time.perf_counter()
+        trainer.validate()
+        val_seconds = time.perf_counter() - t_val
+    sec = float(np.median(times))
+    result = {
+        "shape": args.shape, "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else _cpu_name()),
+        "threads": torch.get_num_threads(), "path": "plain" if args.plain else "fast",
+        "bf16_autocast": bool(trainer.amp), "batch_size": cfg.TRAIN.BATCH_SIZE,
+        "train_trials": spec.n_train, "bins": sum(spec.bins(5)), "neurons": spec.n_neurons,
+        "layers": cfg.MODEL.NUM_LAYERS, "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "seconds_per_epoch": round(sec, 4), "epoch_times": [round(t, 4) for t in times],
+        "trials_per_second": round(spec.n_train / sec, 1),
+        "validation_seconds": round(val_seconds, 4),
+    }
+    if device.type == "cuda":
+        result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def concurrent(args) -> dict:
+    """K copies at once; each prints its own JSON line."""
+    cmd = [sys.executable, __file__, "--shape", args.shape, "--device", args.device,
+           "--epochs", str(args.epochs)] + (["--plain"] if args.plain else []) + \
+          ([] if args.amp else ["--no-amp"])
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.concurrent)]
+    runs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    return {"concurrent": args.concurrent, "shape": args.shape,
+            "seconds_per_epoch_each": [r["seconds_per_epoch"] for r in runs],
+            "device_name": runs[0]["device_name"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="mc_maze", help="dataset whose shape to use")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (median reported)")
+    parser.add_argument("--plain", action="store_true",
+                        help="straightforward path: unfused attention, fp32")
+    parser.add_argument("--no-amp", dest="amp", action="store_false",
+                        help="fp32 even where bf16 is native")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--concurrent", type=int, default=0, help="run K copies at once")
+    args = parser.parse_args(argv)
+    result = concurrent(args) if args.concurrent else measure(args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Bayesian hyperparameter search for one dataset on Ray Tune (GP + gp_hedge, as AESMTE3).
+
+Trains NAME's config ($CONFIG_DIR/NAME.yaml, search space NAME.json) with trials under
+$RAY_TUNE_HOME/NAME/NAME-s<seed>/. Running the same command again continues that
+experiment until it holds --samples trials; --fresh starts a new one next to it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from nlb_ndt.cli import make_parser, run
+
+
+def main(argv=None) -> int:
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("name", metavar="NAME",
+                        help="a dataset (mc_maze, mc_rtt, ...) or 'synthetic'")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="trials the experiment should hold; None means 100 "
+                             "(2 with --smoke-test)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seeds the searcher; trial i trains with seed + i")
+    parser.add_argument("--objective", default="best_masked_loss",
+                        choices=("best_masked_loss", "best_val_cobps"),
+                        help="minimise best masked val loss (the original) "
+                             "or maximise val co-bps")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.5,
+                        help="GPU share per trial (0.125 packs 8 trials on a GPU); "
+                             "no GPU in the cluster: CPU trials")
+    parser.add_argument("--cpus-per-trial", type=float, default=3, help="CPUs per trial")
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="trials at once (default: as many as the resources allow)")
+    parser.add_argument("--address", default=None,
+                        help="join this Ray cluster (e.g. 'auto' or HOST:PORT); "
+                             "RAY_TUNE_HOME must then be on storage every node can reach")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="a few epochs per trial, in a separate '-smoke' experiment")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new experiment next to the newest one (deletes nothing)")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. --opts TRAIN.BATCH_SIZE 32")
+
+    def body(args) -> int:
+        from nlb_ndt.hyperopt import run_search
+
+        summary = run_search(
+            args.name, samples=args.samples, seed=args.seed, objective=args.objective,
+            gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+            max_concurrent=args.max_concurrent, address=args.address,
+            smoke_test=args.smoke_test, fresh=args.fresh, opts=args.opts,
+            verbose=0 if args.quiet else 1)
+        print(summary.format_report(top=10))
+        return 0
+
+    return run(parser, body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""Train one NDT: epochs of masked-modelling, validation, snapshots, early stopping.
+
+Shape legend: B = trials, T_obs / T_fwd observed / forward bins, N_in / N_out neurons.
+
+Faithful to the original where it matters for the numbers (AdamW on every parameter,
+per-epoch warmup-cosine schedule, gradient clipping at 200, validation every
+VAL_INTERVAL epochs on the whole val split, patience in epochs), with its known bugs fixed
+(shared/reference/original_pipeline.md §10): training stops as soon as patience runs out
+and never runs past NUM_UPDATES; the validation mask is fixed by a seed, so the selection
+metric is not noise; the "unmasked" loss ignores every held-out neuron (the original's
+variant stays available as TRAIN.LFVE_LEGACY); seeds are honoured.
+
+Three snapshots per run, each overwritten when its metric improves:
+  lve   - lowest masked val loss (the original's criterion and early-stopping metric),
+  lfve  - lowest unmasked val loss (held-in reconstruction),
+  cobps - highest val co-bps of the held-out neurons (nlb_tools' bits-per-spike formula).
+
+A run folder also holds config.yaml, run_info.json, metrics.csv and state.pt (the
+resumable training state, written every CHECKPOINT_INTERVAL epochs and at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import save_checkpoint
+from .masking import assemble, mask_heldin
+from .model import NDT, build_model
+from .schedules import build_scheduler
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_KINDS = ("lve", "lfve", "cobps")
+METRIC_FIELDS = ("epoch", "train_loss", "lr", "masked_loss", "unmasked_loss", "val_cobps",
+                 "best_masked_loss", "best_unmasked_loss", "best_val_cobps", "done",
+                 "seconds")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | torch.device | None, cfg=None) -> torch.device:
+    """"auto" (or None) means CUDA when visible, else CPU."""
+    name = name if name is not None else (cfg.SYSTEM.DEVICE if cfg is not None else "auto")
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and cfg is not None:
+        name = f"cuda:{cfg.SYSTEM.TORCH_GPU_ID}"
+    return torch.device(name)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """True where bf16 matrix multiplies run natively (so autocast pays off): CUDA GPUs
+    that support bf16, and CPUs with AVX512-BF16 or AMX (e.g. AMD Zen 4, Intel Sapphire
+    Rapids). Elsewhere bf16 would be emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def library_versions() -> dict[str, str]:
+    """Versions worth recording next to every result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__}
+    for pkg in ("nlb-tools", "nlb-ndt", "pandas", "ray", "scikit-optimize"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class SplitTensors:
+    """One split on the device. Counts are float32 holding whole numbers; NaN -> 0 in
+    `heldin` (never a garbage integer) and kept as NaN in the label sources."""
+
+    heldin: torch.Tensor  # (B, T_obs, N_in)
+    heldout: torch.Tensor  # (B, T_obs, N_out), NaN = not scored
+    forward: torch.Tensor  # (B, T_fwd, N), NaN = not scored
+
+    @property
+    def n_trials(self) -> int:
+        return self.heldin.shape[0]
+
+    def take(self, idx: torch.Tensor) -> "SplitTensors":
+        return SplitTensors(self.heldin[idx], self.heldout[idx], self.forward[idx])
+
+
+def _split(arrays: dict, prefix: str, device) -> SplitTensors:
+    def t(key):
+        return torch.as_tensor(np.asarray(arrays[key], dtype=np.float32), device=device)
+
+    heldin = t(f"{prefix}_spikes_heldin")
+    n_nan = int(torch.isnan(heldin).sum())
+    if n_nan:
+        logger.warning("%d NaN held-in counts in the %s split are fed as 0", n_nan, prefix)
+    forward = torch.cat([t(f"{prefix}_spikes_heldin_forward"),
+                         t(f"{prefix}_spikes_heldout_forward")], dim=-1)
+    return SplitTensors(torch.nan_to_num(heldin, nan=0.0), t(f"{prefix}_spikes_heldout"),
+                        forward)
+
+
+def bits_per_spike(rates: np.ndarray, spikes: np.ndarray) -> float:
+    """nlb_tools' co-bps: Poisson log-likelihood gain over each neuron's mean rate, per
+    spike, in bits; NaN spikes ignored (nlb_tools.evaluation.bits_per_spike)."""
+    from nlb_tools.evaluation import bits_per_spike as nlb_bps
+
+    return float(nlb_bps(rates.astype(np.float64), spikes.astype(np.float64)))
+
+
+class Trainer:
+    """Holds the model, optimiser and data of one run; `fit()` trains it."""
+
+    def __init__(self, cfg, *, run_dir: str | Path, trial_id: str = "run",
+                 device: str | torch.device | None = None, arrays: dict | None = None,
+                 val_heldout_target: np.ndarray | None = None):
+        """Args as `train_model`; `arrays` / `val_heldout_target` replace the cached
+        tensors and the val target (benchmarks pass in-memory data)."""
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.trial_id = trial_id
+        self.device = resolve_device(device, cfg)
+        data_cfg = cfg.DATA
+        if arrays is None or val_heldout_target is None:
+            from . import preprocess
+        if arrays is None:
+            arrays = preprocess.load_tensors(data_cfg.DATASET, phase="val",
+                                             bin_ms=data_cfg.BIN_MS)
+        if val_heldout_target is None:
+            target = preprocess.load_val_target(data_cfg.DATASET, bin_ms=data_cfg.BIN_MS)
+            (group,) = target.keys()
+            # co-bps is scored against the evaluation target (DMFC's carries NaNs outside
+            # set -> go), exactly as nlb_tools' evaluate and the ranking stage do.
+            val_heldout_target = target[group]["eval_spikes_heldout"]
+        self.val_heldout_target = np.asarray(val_heldout_target)
+        data_device = self.device if cfg.TRAIN.DATA_ON_DEVICE else torch.device("cpu")
+        self.train_data = _split(arrays, "train", data_device)
+        self.val_data = _split(arrays, "eval", data_device)
+        if data_cfg.RANDOM_SUBSET_TRIALS < 1.0:
+            keep = max(1, int(self.train_data.n_trials * data_cfg.RANDOM_SUBSET_TRIALS))
+            g = torch.Generator().manual_seed(cfg.SEED)
+            self.train_data = self.train_data.take(torch.randperm(self.train_data.n_trials, generator=g)[:keep].to(data_device))
+        self.n_heldin = self.train_data.heldin.shape[-1]
+        self.n_heldout = self.train_data.heldout.shape[-1]
+        self.t_obs = self.train_data.heldin.shape[1]
+        self.t_fwd = self.train_data.forward.shape[1]
+        # The original's clamp limit: the largest training count plus 3.
+        self.max_spikes = int(self.train_data.heldin.max().item()) + 3
+        trial_length = self.t_obs + self.t_fwd
+        if cfg.MODEL.TRIAL_LENGTH > 0 and cfg.MODEL.TRIAL_LENGTH != trial_length:
+            raise ValueError(f"MODEL.TRIAL_LENGTH={cfg.MODEL.TRIAL_LENGTH} but the data has "
+                             f"{trial_length} bins; use 0 for the full length")
+        seed_everything(cfg.SEED)
+        self.model: NDT = build_model(cfg, num_neurons=self.n_heldin + self.n_heldout,
+                                      trial_length=trial_length,
+                                      max_spikes=self.max_spikes).to(self.device)
+        self.forward_fn = self.model
+        if cfg.TRAIN.COMPILE and self.device.type == "cuda":
+            self.forward_fn = torch.compile(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.TRAIN.LR.INIT, weight_decay=cfg.TRAIN.WEIGHT_DECAY,
+            eps=cfg.TRAIN.EPS, fused=self.device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, cfg.TRAIN.LR,
+                                         total_epochs=cfg.TRAIN.NUM_UPDATES)
+        self.generator = torch.Generator(device=data_device).manual_seed(cfg.SEED)
+        self.amp = bool(cfg.TRAIN.AMP) and bf16_native(self.device)
+        self.epoch = 0
+        self.best = {"masked": math.inf, "unmasked": math.inf, "cobps": -math.inf,
+                     "masked_epoch": 0}
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+
+    # ----------------------------------------------------------------- training
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def train_epoch(self) -> float:
+        """One pass over the training trials in shuffled batches; returns the mean loss."""
+        cfg = self.cfg.TRAIN
+        self.model.train()
+        data = self.train_data
+        n = data.n_trials
+        order = torch.randperm(n, generator=self.generator, device=self.generator.device)
+        total = torch.zeros((), device=self.device)
+        batches = 0
+        for start in range(0, n, cfg.BATCH_SIZE):
+            batch = data.take(order[start:start + cfg.BATCH_SIZE])
+            heldin_in, heldin_lab = mask_heldin(batch.heldin, cfg, epoch=self.epoch,
+                                                max_spikes=self.max_spikes,
+                                                generator=self.generator)
+            inputs, labels = assemble(heldin_in, heldin_lab, batch.heldout, batch.forward)
+            inputs = inputs.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            with self._autocast():
+                loss, _ = self.forward_fn(inputs, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.MAX_GRAD_NORM)
+            self.optimizer.step()
+            total += loss.detach().float()
+            batches += 1
+        self.scheduler.step()  # once per epoch, as the original
+        return float(total.item()) / max(1, batches)
+
+    # --------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self, chunk: int = 512) -> dict[str, float]:
+        """Masked loss (fixed mask), unmasked loss and co-bps on the whole val split."""
+        cfg = self.cfg.TRAIN
+        self.model.eval()
+        data = self.val_data
+        g = torch.Generator(device=data.heldin.device).manual_seed(cfg.VAL_MASK_SEED)
+        legacy = "legacy" if cfg.LFVE_LEGACY else False
+        sums = {"masked": [0.0, 0], "unmasked": [0.0, 0]}
+        heldout_rates = []
+        for start in range(0, data.n_trials, chunk):
+            batch = data.take(slice(start, start + chunk))
+            heldin = batch.heldin.clamp(max=self.max_spikes)
+            masked_in, masked_lab = mask_heldin(heldin, cfg, epoch=self.epoch,
+                                                max_spikes=self.max_spikes, generator=g,
+                                                allow_span=False)
+            for name, (inp, lab) in {
+                "masked": assemble(masked_in, masked_lab, batch.heldout, batch.forward),
+                "unmasked": assemble(heldin, heldin, batch.heldout, batch.forward,
+                                     heldout_labels=legacy),
+            }.items():
+                inp, lab = inp.to(self.device), lab.to(self.device)
+                with self._autocast():
+                    loss, log_rates = self.model(inp, lab)
+                count = int((lab != -100).sum())
+                sums[name][0] += float(loss) * count
+                sums[name][1] += count
+                if name == "unmasked":
+                    heldout_rates.append(
+                        torch.exp(log_rates.float()[:, :self.t_obs, self.n_heldin:]).cpu())
+        rates = torch.cat(heldout_rates).numpy()
+        return {
+            "masked_loss": sums["masked"][0] / max(1, sums["masked"][1]),
+            "unmasked_loss": sums["unmasked"][0] / max(1, sums["unmasked"][1]),
+            "val_cobps": bits_per_spike(rates, self.val_heldout_target),
+        }
+
+    # ---------------------------------------------------------------- snapshots
+    def snapshot_path(self, kind: str) -> Path:
+        ckpt_dir = Path(self.cfg.CHECKPOINT_DIR)
+        if not ckpt_dir.is_absolute():
+            ckpt_dir = self.run_dir / ckpt_dir
+        return ckpt_dir / f"{self.trial_id}.{kind}.pth"
+
+    def _save_snapshot(self, kind: str, metrics: dict) -> None:
+        save_checkpoint(
+            self.snapshot_path(kind), self.model, self.cfg,
+            n_heldin=self.n_heldin, t_obs=self.t_obs, bin_ms=self.cfg.DATA.BIN_MS,
+            dataset=self.cfg.DATA.DATASET, epoch=self.epoch, trial_id=self.trial_id, kind=kind,
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+            versions=library_versions(),
+        )
+
+    def _state_path(self) -> Path:
+        return self.run_dir / "state.pt"
+
+    def save_state(self) -> None:
+        """Everything needed to continue this run exactly where it stopped."""
+        state = {
+            "epoch": self.epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(), "best": dict(self.best),
+            # Dropout draws from torch's global generators: save them for exact resumes.
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                         else torch.empty(0, dtype=torch.uint8)),
+            "history": self.history, "elapsed": self.elapsed,
+        }
+        tmp = self._state_path().with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self._state_path())
+
+    def load_state(self) -> bool:
+        path = self._state_path()
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda" and state["cuda_rng"].numel():
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        self.best, self.history = state["best"], state["history"]
+        self.epoch, self.elapsed = int(state["epoch"]), float(state["elapsed"])
+        logger.info("resumed %s at epoch %d", self.run_dir, self.epoch)
+        return True
+
+    def _write_records(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(self.cfg.dump())
+        info = {"trial_id": self.trial_id, "seed": int(self.cfg.SEED),
+                "dataset": self.cfg.DATA.DATASET, "bin_ms": int(self.cfg.DATA.BIN_MS),
+                "device": str(self.device), "n_heldin": self.n_heldin,
+                "n_heldout": self.n_heldout, "t_obs": self.t_obs, "t_fwd": self.t_fwd,
+                "n_train": self.train_data.n_trials, "n_val": self.val_data.n_trials,
+                "max_spikes": self.max_spikes,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "versions": library_versions()}
+        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+
+    def _write_history(self) -> None:
+        tmp = self.run_dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(tmp, self.run_dir / "metrics.csv")
+
+    # ---------------------------------------------------------------- main loop
+    def fit(self, *, report: Callable[[dict], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, resume: bool = True) -> dict:
+        cfg = self.cfg.TRAIN
+        self._write_records()
+        if not (resume and self.load_state()):
+            self.epoch = 0
+        if self.history and self.history[-1]["done"]:
+            logger.info("%s already finished at epoch %d", self.run_dir, self.epoch)
+            return self.history[-1]
+        metrics: dict = self.history[-1] if self.history else {}
+        last_log = time.perf_counter()
+        train_loss = math.nan
+        interrupted = False
+        while self.epoch < cfg.NUM_UPDATES:
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss = self.train_epoch()
+            self.epoch += 1
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training loss became {train_loss} at epoch {self.epoch}")
+            self.elapsed += time.perf_counter() - t0
+            last = self.epoch >= cfg.NUM_UPDATES
+            if cfg.DO_VAL and (self.epoch % cfg.VAL_INTERVAL == 0 or last):
+                metrics = self._after_validation(train_loss, lr, last)
+                if report is not None:
+                    report(dict(metrics))
+                if metrics["done"]:
+                    break
+                if should_stop is not None and should_stop():
+                    interrupted = True  # not done: a later call resumes from here
+                    break
+            if self.epoch % cfg.CHECKPOINT_INTERVAL == 0:
+                self.save_state()
+            if self.epoch % cfg.LOG_INTERVAL == 0 or time.perf_counter() - last_log > 60:
+                last_log = time.perf_counter()
+                logger.info("epoch %d | loss %.4f | lr %.2e | best masked %.4f | best co-bps %.4f"
+                            " | %.2f s/epoch", self.epoch, train_loss, lr, self.best["masked"],
+                            self.best["cobps"], self.elapsed / max(1, self.epoch))
+        if not interrupted and not metrics.get("done"):
+            # NUM_UPDATES reached without a validation there (DO_VAL off): close the record.
+            metrics = self._after_validation(train_loss, self.optimizer.param_groups[0]["lr"], True)
+            if report is not None:
+                report(dict(metrics))
+        self.save_state()
+        return metrics
+
+    def _after_validation(self, train_loss: float, lr: float, last: bool) -> dict:
+        val = self.validate()
+        improved = []
+        if val["masked_loss"] < self.best["masked"]:
+            self.best["masked"], self.best["masked_epoch"] = val["masked_loss"], self.epoch
+            improved.append("lve")
+        if val["unmasked_loss"] < self.best["unmasked"]:
+            self.best["unmasked"] = val["unmasked_loss"]
+            improved.append("lfve")
+        if val["val_cobps"] > self.best["cobps"]:
+            self.best["cobps"] = val["val_cobps"]
+            improved.append("cobps")
+        patience_out = self.epoch - self.best["masked_epoch"] > self.cfg.TRAIN.PATIENCE
+        metrics = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr, **val,
+                   "best_masked_loss": self.best["masked"],
+                   "best_unmasked_loss": self.best["unmasked"],
+                   "best_val_cobps": self.best["cobps"], "done": bool(last or patience_out),
+                   "seconds": self.elapsed}
+        for kind in improved:
+            self._save_snapshot(kind, metrics)
+        self.history.append(metrics)
+        self._write_history()
+        if patience_out:
+            logger.info("early stop at epoch %d: best masked loss is from epoch %d",
+                        self.epoch, self.best["masked_epoch"])
+        return metrics
+
+
+def train_model(cfg, *, run_dir: str | Path, trial_id: str = "run",
+                device: str | torch.device | None = None,
+                report: Callable[[dict], None] | None = None,
+                should_stop: Callable[[], bool] | None = None, resume: bool = True) -> dict:
+    """Train one model; see the module docstring for what lands in `run_dir`.
+
+    Args:
+        cfg: a frozen config (defaults + template + overrides).
+        run_dir: the run's folder (a Ray trial's own folder in a search).
+        trial_id: names the snapshots `<trial_id>.<lve|lfve|cobps>.pth`.
+        device: "auto"/None (CUDA if visible), "cpu", "cuda" or a torch.device.
+        report: called with the metrics dict after every validation.
+        should_stop: polled after every validation; True ends training early.
+        resume: continue from `run_dir/state.pt` when it exists.
+
+    Returns:
+        The last metrics dict (keys in METRIC_FIELDS).
+    """
+    trainer = Trainer(cfg, run_dir=run_dir, trial_id=trial_id, device=device)
+    return trainer.fit(report=report, should_stop=should_stop, resume=resume)

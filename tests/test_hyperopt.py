@@ -1,0 +1,281 @@
+"""The skopt searcher and the Ray Tune search (a real search on the synthetic dataset)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from yacs.config import CfgNode as CN
+
+from nlb_ndt.config import TEMPLATE_DIR, generate_configs, load_config, template_names
+from nlb_ndt.search_space import load_search_space, parse_search_space
+
+hyperopt = pytest.importorskip("nlb_ndt.hyperopt")
+SkoptSearcher = hyperopt.SkoptSearcher
+
+METRIC = "best_masked_loss"
+SPACE = {
+    "TRAIN.WEIGHT_DECAY": {"low": 1e-8, "high": 1e-3, "sample_fn": "loguniform"},
+    "TRAIN.MASK_RATIO": {"low": 0.1, "high": 0.4},
+    "MODEL.CONTEXT_BACKWARD": {"low": 4, "high": 8, "sample_fn": "randint"},
+    "TRAIN.MASK_MAX_SPAN": {"opts": [1, 2, 3]},
+}
+
+
+def _dims(space=SPACE):
+    return parse_search_space(space, load_config(freeze=False))
+
+
+def _searcher(seed=0, mode="min", n_initial_points=3, space=SPACE) -> SkoptSearcher:
+    return SkoptSearcher(_dims(space), metric=METRIC, mode=mode, seed=seed,
+                         n_initial_points=n_initial_points)
+
+
+def _point(config: dict) -> tuple:
+    return tuple(config[key] for key in SPACE)
+
+
+def _score(config: dict) -> float:
+    """A smooth toy objective of the searched values."""
+    return (config["TRAIN.MASK_RATIO"] - 0.3) ** 2 + 0.01 * config["MODEL.CONTEXT_BACKWARD"]
+
+
+def _drive(searcher, n_done: int, n_pending: int) -> list[dict]:
+    """Complete `n_done` trials one after another, then leave `n_pending` running."""
+    configs = []
+    for i in range(n_done):
+        configs.append(searcher.suggest(f"done{i}"))
+        searcher.on_trial_complete(f"done{i}", {METRIC: _score(configs[-1])})
+    for i in range(n_pending):
+        configs.append(searcher.suggest(f"run{i}"))
+    return configs
+
+
+def test_searcher_suggestions_are_native_and_in_range():
+    """Verify that suggestions hold python ints / floats / options inside the space, plus
+    the trial's seed (base seed + trial index)."""
+    dims = _dims()
+    configs = _drive(_searcher(seed=5), 4, 2)
+    for index, config in enumerate(configs):
+        assert config["SEED"] == 5 + index and config["TRIAL_INDEX"] == index
+        for key, dim in dims.items():
+            assert type(config[key]) in (int, float), (key, config)
+            assert dim.contains(config[key]), (key, config)
+
+
+def test_searcher_concurrent_trials_get_distinct_points():
+    """Verify that trials running at the same time get distinct points, both during the
+    random start and once the surrogate model is used (constant liar)."""
+    searcher = _searcher(n_initial_points=3)
+    start = [_point(searcher.suggest(f"a{i}")) for i in range(3)]
+    assert len(set(start)) == 3
+    for i in range(3):
+        searcher.on_trial_complete(f"a{i}", {METRIC: float(i)})
+    assert searcher.n_told == 3
+    # Model phase: four trials pending at once. Without the constant liar, skopt
+    # returns the same point until it is told a result.
+    model_phase = [_point(searcher.suggest(f"b{i}")) for i in range(4)]
+    assert len(set(model_phase)) == 4
+    assert not set(model_phase) & set(start)
+
+
+def test_searcher_reproducible_under_seed():
+    """Verify that a seed fixes the first suggestions and another seed changes them."""
+    first = [_point(c) for c in _drive(_searcher(seed=11, n_initial_points=3), 4, 1)]
+    again = [_point(c) for c in _drive(_searcher(seed=11, n_initial_points=3), 4, 1)]
+    other = [_point(c) for c in _drive(_searcher(seed=12, n_initial_points=3), 0, 3)]
+    assert first == again
+    assert first[:3] != other[:3]
+
+
+def test_searcher_save_restore_continues(tmp_path):
+    """Verify that a restored searcher continues the saved one: same next suggestion
+    (model phase, with a pending trial), same trial numbering, and a pending trial's
+    result still reaches its optimizer."""
+    original = _searcher(seed=3, n_initial_points=3)
+    _drive(original, 4, 1)
+    path = tmp_path / "searcher.pkl"
+    original.save(str(path))
+    restored = _searcher(seed=99, n_initial_points=3)  # state, not the constructor, wins
+    restored.restore(str(path))
+    expected = original.suggest("next")
+    got = restored.suggest("next")
+    assert got == expected
+    assert got["SEED"] == 3 + 5
+    restored.on_trial_complete("run0", {METRIC: 0.5})
+    assert restored.n_told == 5
+
+
+def test_searcher_restore_rejects_other_space(tmp_path):
+    """Verify that state saved for another search space is refused."""
+    searcher = _searcher()
+    searcher.save(str(tmp_path / "s.pkl"))
+    other = _searcher(space={**SPACE, "TRAIN.MASK_RATIO": {"low": 0.1, "high": 0.5}})
+    with pytest.raises(ValueError, match="different search space"):
+        other.restore(str(tmp_path / "s.pkl"))
+
+
+def test_searcher_failed_trial_uses_last_reported_value():
+    """Verify that an errored trial is told its last finite objective, one that never
+    reported one is dropped, and a maximised objective is negated for skopt."""
+    searcher = _searcher(mode="max")
+    searcher.suggest("ok")
+    searcher.suggest("nan")
+    searcher.suggest("silent")
+    searcher.on_trial_result("ok", {METRIC: 0.25})
+    searcher.on_trial_result("nan", {METRIC: 0.2})
+    searcher.on_trial_result("nan", {METRIC: float("nan")})
+    searcher.on_trial_complete("ok", {METRIC: 0.3})
+    searcher.on_trial_complete("nan", None, error=True)
+    searcher.on_trial_complete("silent", None, error=True)
+    assert searcher.n_told == 2
+    assert sorted(searcher.get_state()["yi"]) == [-0.3, -0.2]
+
+
+def test_searcher_points_merge_into_every_template():
+    """Verify that suggestions from every template's space merge into its config with
+    yacs' own type-strict merge (no coercion)."""
+    for name in template_names():
+        cfg = load_config(TEMPLATE_DIR / f"{name}.yaml", freeze=False)
+        dims = load_search_space(TEMPLATE_DIR / f"{name}.json", cfg)
+        searcher = SkoptSearcher(dims, metric=METRIC, mode="min", seed=0)
+        for i in range(3):
+            config = searcher.suggest(str(i))
+            nested: dict = {}
+            for key, value in config.items():
+                if key == "TRIAL_INDEX":
+                    continue
+                node = nested
+                *parents, leaf = key.split(".")
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = value
+            merged = cfg.clone()
+            merged.merge_from_other_cfg(CN(nested))
+            assert merged.SEED == i
+
+
+def test_experiment_names_continue_or_fresh(tmp_path):
+    """Verify that the newest experiment of a series is continued, and that fresh picks
+    the next free name without touching the others."""
+    base = "synthetic-s42"
+    assert hyperopt.choose_experiment(tmp_path, base, fresh=False) == tmp_path / base
+    assert hyperopt.choose_experiment(tmp_path, base, fresh=True) == tmp_path / base
+    (tmp_path / base).mkdir()
+    (tmp_path / f"{base}-smoke").mkdir()  # another series: ignored
+    assert hyperopt.choose_experiment(tmp_path, base, fresh=False) == tmp_path / base
+    assert hyperopt.choose_experiment(tmp_path, base, fresh=True) == tmp_path / f"{base}-2"
+    (tmp_path / f"{base}-2").mkdir()
+    (tmp_path / f"{base}-10").mkdir()
+    assert hyperopt.choose_experiment(tmp_path, base, fresh=False) == tmp_path / f"{base}-10"
+    assert hyperopt.choose_experiment(tmp_path, base, fresh=True) == tmp_path / f"{base}-11"
+    assert [p.name for p in hyperopt.experiment_series(tmp_path, base)] == [
+        base, f"{base}-2", f"{base}-10"]
+
+
+# ------------------------------------------------------------------ real Ray searches
+@pytest.fixture
+def ray_env(nlb_env, tmp_path, monkeypatch):
+    """Rendered configs and cached tensors in the synthetic NLB_HOME, this test's own
+    RAY_TUNE_HOME, a short symlink to a Ray temp dir inside this test's folder (unix
+    socket paths are limited to ~107 characters), and Ray shut down whatever happens."""
+    pytest.importorskip("nlb_ndt.preprocess")
+    pytest.importorskip("nlb_ndt.train")
+    import ray
+
+    from nlb_ndt.paths import get_paths
+    from nlb_ndt.preprocess import build_tensors
+
+    monkeypatch.setenv("RAY_TUNE_HOME", str(tmp_path / "ray_results"))
+    nlb_env = get_paths()
+    generate_configs(["synthetic"], nlb_env.config_dir, overwrite=True, paths=nlb_env)
+    cfg = load_config(nlb_env.config_dir / "synthetic.yaml")
+    build_tensors(cfg.DATA.DATASET, phase="val", bin_ms=cfg.DATA.BIN_MS, paths=nlb_env)
+    (tmp_path / "ray").mkdir()
+    link = Path("/tmp") / f"ray_{uuid.uuid4().hex[:8]}"
+    link.symlink_to(tmp_path / "ray")
+    try:
+        yield nlb_env, str(link)
+    finally:
+        ray.shutdown()
+        link.unlink()
+
+
+def _search(paths, temp_dir, **kwargs):
+    args = dict(seed=0, smoke_test=True, cpus_per_trial=1, num_cpus=2, paths=paths,
+                ray_temp_dir=temp_dir, verbose=0)
+    args.update(kwargs)
+    return hyperopt.run_search("synthetic", **args)
+
+
+def _trial_files(run_dir: Path, trial_id: str) -> list[Path]:
+    return [run_dir / "config.yaml", run_dir / "run_info.json", run_dir / "metrics.csv"] + [
+        run_dir / "ckpts" / f"{trial_id}.{kind}.pth" for kind in ("lve", "lfve", "cobps")]
+
+
+@pytest.mark.slow
+def test_run_search_smoke_on_cpu(ray_env, caplog):
+    """Verify a real 2-trial search on CPU: GPU requests fall back to CPU, every trial
+    folder is a complete run folder with its own seed, and the experiment records its
+    settings and library versions."""
+    paths, temp_dir = ray_env
+    summary = _search(paths, temp_dir, samples=2, gpus_per_trial=0.5)
+    assert any("no GPU" in r.message for r in caplog.records)
+    exp_dir = paths.ray_tune_home / "synthetic" / "synthetic-s0-smoke"
+    assert summary.experiment_dir == exp_dir
+    assert len(summary.trials) == 2
+    assert {t["status"] for t in summary.trials} == {"done"}
+    assert sorted(t["seed"] for t in summary.trials) == [0, 1]
+    for trial in summary.trials:
+        run_dir = Path(trial["run_dir"])
+        assert run_dir.parent == exp_dir and trial["trial_id"] in run_dir.name
+        for path in _trial_files(run_dir, trial["trial_id"]):
+            assert path.is_file(), path
+        cfg = load_config(run_dir / "config.yaml")
+        assert cfg.SEED == trial["seed"] and cfg.TRAIN.NUM_UPDATES == 4
+        assert cfg.TRAIN.MASK_RATIO == trial["TRAIN.MASK_RATIO"]
+        run_info = json.loads((run_dir / "run_info.json").read_text())
+        assert run_info["trial_id"] == trial["trial_id"]
+    info = json.loads((exp_dir / "experiment_info.json").read_text())
+    assert info["objective"] == "best_masked_loss" and info["samples"] == 2
+    assert info["resources_per_trial"] == {"cpu": 1, "gpu": 0.0}
+    assert {"ray", "scikit-optimize", "torch"} <= set(info["versions"])
+    assert info["searcher"]["n_initial_points"] == 10
+    assert (exp_dir / "trials.csv").is_file() and (exp_dir / "base_config.yaml").is_file()
+    assert summary.best() is not None
+
+
+@pytest.mark.slow
+def test_run_search_resumes_until_samples(ray_env):
+    """Verify that a search run again continues its experiment: it ends with exactly
+    --samples trials, the finished trial is not retrained, and the restored searcher
+    continues its random stream instead of restarting it."""
+    paths, temp_dir = ray_env
+    first = _search(paths, temp_dir, samples=1, seed=7)
+    assert len(first.trials) == 1
+    done = first.trials[0]
+    files = _trial_files(Path(done["run_dir"]), done["trial_id"])
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    metrics = files[2].read_text()
+
+    second = _search(paths, temp_dir, samples=2, seed=7)
+    assert len(second.trials) == 2
+    assert second.experiment_dir == first.experiment_dir
+    kept = [t for t in second.trials if t["trial_id"] == done["trial_id"]]
+    assert len(kept) == 1 and kept[0]["status"] == "done"
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    assert files[2].read_text() == metrics
+    new = next(t for t in second.trials if t["trial_id"] != done["trial_id"])
+    assert new["seed"] == 8 and new["trial_index"] == 1
+    # The searcher's second random draw, not a repeat of its first.
+    dims = load_search_space(paths.config_dir / "synthetic.json")
+    fresh = SkoptSearcher(dims, metric=METRIC, mode="min", seed=7)
+    expected = [fresh.suggest("a"), fresh.suggest("b")]
+    assert {k: new[k] for k in dims} == {k: expected[1][k] for k in dims}
+    assert {k: done[k] for k in dims} == {k: expected[0][k] for k in dims}
+    info = json.loads((first.experiment_dir / "experiment_info.json").read_text())
+    assert [s["samples"] for s in info["sessions"]] == [1, 2]
+    assert sorted(os.listdir(paths.ray_tune_home / "synthetic")) == ["synthetic-s7-smoke"]
