@@ -1,0 +1,182 @@
+"""Figures of the submission stage (matplotlib, Agg backend: no display needed).
+
+- `plot_ensemble_curve`: val co-bps of the top-N mean against N, chosen N marked.
+- `plot_search`: the search's objective by trial (from each trial's metrics.csv).
+- `plot_rates_vs_truth`: predicted against true rates for a few neurons (synthetic data).
+
+Every function writes one PNG atomically and returns its path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    _pyplot().close(fig)
+    log.info("wrote %s", path)
+    return path
+
+
+def plot_ensemble_curve(curve: Sequence[float], path: str | Path, *, chosen: int,
+                        argmax: int | None = None, title: str = "") -> Path:
+    """co-bps of the mean of the top N snapshots for N = 1..M.
+
+    Args:
+        curve: co-bps for N = 1..M.
+        path: the PNG to write.
+        chosen: the N used for the submission (marked with a star).
+        argmax: the best N on the curve, if different from `chosen` (a dashed line).
+        title: figure title (e.g. the run name).
+    """
+    plt = _pyplot()
+    sizes = np.arange(1, len(curve) + 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, curve, "o-", ms=3, lw=1.2, label="ensemble of the top N")
+    ax.axhline(curve[0], color="gray", ls=":", lw=1, label="best single snapshot")
+    ax.plot([chosen], [curve[chosen - 1]], "*", color="crimson", ms=14,
+            label=f"chosen N = {chosen} ({curve[chosen - 1]:.4f})")
+    if argmax is not None and argmax != chosen:
+        ax.axvline(argmax, color="crimson", ls="--", lw=1, label=f"argmax N = {argmax}")
+    ax.set_xlabel("ensemble size N (top-N snapshots by val co-bps)")
+    ax.set_ylabel("val co-bps")
+    ax.set_title(title or "ensemble size sweep")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def read_trial_histories(trial_dirs: Iterable[str | Path]) -> list[dict]:
+    """Last row of each trial's metrics.csv, with its folder, in trial start order.
+
+    Start order is the modification time of the trial's config.yaml (written once, when
+    the trial starts). Trials without a metrics.csv are skipped.
+    """
+    import pandas as pd
+
+    out = []
+    for trial_dir in trial_dirs:
+        trial_dir = Path(trial_dir)
+        metrics = trial_dir / "metrics.csv"
+        if not metrics.is_file():
+            continue
+        try:
+            history = pd.read_csv(metrics)
+        except (OSError, ValueError, pd.errors.EmptyDataError) as exc:
+            log.warning("%s: unreadable (%s); left out of the search plot", metrics, exc)
+            continue
+        if history.empty:
+            continue
+        started = trial_dir / "config.yaml"
+        stamp = (started if started.is_file() else metrics).stat().st_mtime
+        out.append({"trial_dir": str(trial_dir), "started": stamp,
+                    **history.iloc[-1].to_dict()})
+    return sorted(out, key=lambda r: r["started"])
+
+
+def plot_search(trials: Sequence[Mapping], path: str | Path, *, title: str = "",
+                objective: str | None = "best_masked_loss") -> Path:
+    """Objective by trial: best masked val loss (minimised) and best val co-bps.
+
+    Args:
+        trials: rows from `read_trial_histories` (need best_masked_loss and/or
+            best_val_cobps).
+        path: the PNG to write.
+        title: figure title.
+        objective: the metric the search optimised (its panel is labelled so).
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(1, len(trials) + 1)
+    panels = (("best_masked_loss", "best masked val loss", np.minimum),
+              ("best_val_cobps", "best val co-bps", np.maximum))
+    for ax, (key, label, best) in zip(axes, panels):
+        if key == objective:
+            label += " (search objective)"
+        y = np.array([float(t.get(key, np.nan)) for t in trials], dtype=float)
+        ax.plot(x, y, "o", ms=4, alpha=0.7, label="trial")
+        finite = np.where(np.isfinite(y), y, np.nan)
+        if np.isfinite(finite).any():
+            fill = np.inf if best is np.minimum else -np.inf
+            running = best.accumulate(np.where(np.isfinite(finite), finite, fill))
+            ax.step(x, np.where(np.isfinite(running), running, np.nan), where="post",
+                    color="crimson", lw=1.2, label="best so far")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("trial (in start order)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"search: {len(trials)} trials")
+    return _save(fig, path)
+
+
+def plot_rates_vs_truth(pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarray],
+                        path: str | Path, *, n_neurons: int = 3, trial: int = 0,
+                        bin_ms: int = 5, title: str = "") -> Path:
+    """Predicted and true rates over time for a few held-in and held-out neurons.
+
+    Args:
+        pred, true: submission-layout dicts (eval_rates_heldin, eval_rates_heldout, and
+            their _forward parts), spikes per bin.
+        path: the PNG to write.
+        n_neurons: neurons per row (the most active true neurons of the trial).
+        trial: which eval trial to show.
+        bin_ms: bin width, for the time axis.
+        title: figure title.
+    """
+    plt = _pyplot()
+    rows = ("heldin", "heldout")
+    fig, axes = plt.subplots(len(rows), n_neurons, figsize=(3.2 * n_neurons, 5.5),
+                             squeeze=False)
+    for r, part in enumerate(rows):
+        obs_p, obs_t = pred[f"eval_rates_{part}"], true[f"eval_rates_{part}"]
+        fwd_p = pred.get(f"eval_rates_{part}_forward")
+        fwd_t = true.get(f"eval_rates_{part}_forward")
+        p = obs_p[trial] if fwd_p is None else np.concatenate([obs_p[trial], fwd_p[trial]])
+        t = obs_t[trial] if fwd_t is None else np.concatenate([obs_t[trial], fwd_t[trial]])
+        r2 = _r2(obs_t, obs_p)
+        neurons = np.argsort(t.mean(axis=0))[::-1][:n_neurons]
+        time = np.arange(t.shape[0]) * bin_ms
+        for c, neuron in enumerate(neurons):
+            ax = axes[r, c]
+            ax.plot(time, t[:, neuron], color="black", lw=1.2, label="true")
+            ax.plot(time, p[:, neuron], color="tab:orange", lw=1.2, label="predicted")
+            ax.axvline(obs_t.shape[1] * bin_ms, color="gray", ls=":", lw=1)
+            ax.set_title(f"{part} neuron {neuron}", fontsize=9)
+            ax.set_xlabel("time in trial (ms)")
+            if c == 0:
+                ax.set_ylabel(f"spikes / bin ({part}: R2 {r2:.3f})")
+        axes[r, 0].legend(fontsize=7)
+    fig.suptitle(title or f"eval trial {trial}: predicted vs true rates "
+                          "(dotted line: start of forward prediction)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _r2(true: np.ndarray, pred: np.ndarray) -> float:
+    """R2 of predicted against true rates over every trial, bin and neuron."""
+    t = np.asarray(true, dtype=np.float64).ravel()
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    denom = np.sum((t - t.mean()) ** 2)
+    return float(1 - np.sum((t - p) ** 2) / denom) if denom > 0 else float("nan")
