@@ -3,6 +3,7 @@
 Trains NAME's config ($CONFIG_DIR/NAME.yaml, search space NAME.json) with trials under
 $RAY_TUNE_HOME/NAME/NAME-s<seed>/. Running the same command again continues that
 experiment until it holds --samples trials; --fresh starts a new one next to it.
+--bin-ms 20 trains on NLB's 20 ms track as run NAME_20 (make_submission.py NAME_20).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
                         help="a few epochs per trial, in a separate '-smoke' experiment")
     parser.add_argument("--fresh", action="store_true",
                         help="start a new experiment next to the newest one (deletes nothing)")
+    parser.add_argument("--bin-ms", type=int, default=None, choices=(5, 20),
+                        help="bin width in ms (default: the config's); 20 is NLB's 20 ms "
+                             "track, a separate run named NAME_20 (e.g. mc_maze_small_20)")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. --opts TRAIN.BATCH_SIZE 32")
 
@@ -49,6 +53,7 @@ def main(argv=None) -> int:
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
             max_concurrent=args.max_concurrent, address=args.address,
             smoke_test=args.smoke_test, fresh=args.fresh, opts=args.opts,
+            bin_ms=args.bin_ms,
             verbose=0 if args.quiet else 1)
         print(summary.format_report(top=10))
         return 0

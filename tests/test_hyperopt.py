@@ -279,3 +279,31 @@ def test_run_search_resumes_until_samples(ray_env):
     info = json.loads((first.experiment_dir / "experiment_info.json").read_text())
     assert [s["samples"] for s in info["sessions"]] == [1, 2]
     assert sorted(os.listdir(paths.ray_tune_home / "synthetic")) == ["synthetic-s7-smoke"]
+
+
+@pytest.mark.slow
+def test_run_search_bin_ms_is_its_own_run_end_to_end(ray_env):
+    """Verify --bin-ms: the synthetic config (20 ms) searched at 5 ms becomes run
+    `synthetic_5`, its trials train on 5 ms bins, and make_submission ranks that run and
+    writes the 5 ms group (mc_maze_small, not mc_maze_small_20)."""
+    import h5py
+
+    from nlb_ndt.datasets import get_spec
+    from nlb_ndt.submission import make_submission
+
+    paths, temp_dir = ray_env
+    summary = _search(paths, temp_dir, samples=1, bin_ms=5)
+    assert summary.experiment_dir == paths.ray_tune_home / "synthetic_5" / "synthetic_5-s0-smoke"
+    cfg = load_config(Path(summary.trials[0]["run_dir"]) / "config.yaml")
+    assert cfg.DATA.BIN_MS == 5
+    assert not (paths.ray_tune_home / "synthetic").exists()
+    with pytest.raises(ValueError, match="10"):
+        _search(paths, temp_dir, samples=1, bin_ms=10)
+
+    result = make_submission(["synthetic_5"], phase="val", ensemble_size=1, paths=paths)
+    spec = get_spec("mc_maze_small")
+    with h5py.File(result.path, "r") as f:
+        assert list(f) == ["mc_maze_small"]
+        t_obs, _ = spec.bins(5)
+        assert f["mc_maze_small/eval_rates_heldout"].shape[1] == t_obs
+    assert result.scores and result.scores[0]["co-bps"] is not None

@@ -529,8 +529,9 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
                objective: str = "best_masked_loss", gpus_per_trial: float = 0.5,
                cpus_per_trial: float = 3, max_concurrent: int | None = None,
                address: str | None = None, smoke_test: bool = False, fresh: bool = False,
-               opts: Sequence[str] = (), paths=None, num_cpus: int | None = None,
-               ray_temp_dir: str | None = None, verbose: int = 1) -> SearchSummary:
+               opts: Sequence[str] = (), bin_ms: int | None = None, paths=None,
+               num_cpus: int | None = None, ray_temp_dir: str | None = None,
+               verbose: int = 1) -> SearchSummary:
     """Run (or continue) the Bayesian search for run name `name` on Ray Tune.
 
     Reads CONFIG_DIR/<name>.yaml and its search space (TRAIN.TUNE_HP_JSON), builds the
@@ -550,6 +551,9 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         smoke_test: a few epochs per trial (SMOKE_OVERRIDES), in a "-smoke" experiment.
         fresh: start a new experiment next to the newest one instead of continuing it.
         opts: extra config overrides ["KEY", "VALUE", ...] (not for searched keys).
+        bin_ms: train on this bin width instead of the config's DATA.BIN_MS (e.g. 20 for
+            NLB's 20 ms track); a different width is a different run, named
+            "<name>_<bin_ms>" as NLB names the groups (e.g. mc_maze_small_20).
         paths: `nlb_ndt.paths.Paths` (default: from the environment).
         num_cpus: CPUs of a local Ray (default: all).
         ray_temp_dir: Ray's temp dir for a local Ray (keep it short: unix sockets).
@@ -559,6 +563,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         A SearchSummary of every trial of the experiment.
     """
     from .config import apply_overrides, load_config
+    from .datasets import SUPPORTED_BIN_MS
     from .paths import get_paths
     from .preprocess import build_tensors
     from .search_space import load_search_space
@@ -578,6 +583,12 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
                                 f"(or set CONFIG_DIR). Known names: "
                                 f"{', '.join(template_names())}")
     cfg = load_config(cfg_path, list(opts), freeze=False)
+    if bin_ms is not None and int(bin_ms) != int(cfg.DATA.BIN_MS):
+        if int(bin_ms) not in SUPPORTED_BIN_MS:
+            raise ValueError(f"--bin-ms {bin_ms}: NLB has bins of "
+                             f"{' or '.join(map(str, SUPPORTED_BIN_MS))} ms")
+        cfg.DATA.BIN_MS = int(bin_ms)
+        name = f"{name}_{bin_ms}"  # its own run: trials of different widths never mix
     if smoke_test:
         cfg = apply_overrides(cfg, SMOKE_OVERRIDES)
     dims = load_search_space(cfg.TRAIN.TUNE_HP_JSON, cfg)
