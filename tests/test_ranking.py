@@ -248,3 +248,27 @@ def test_make_submission_marks_test_phase_unscored_without_ground_truth(search, 
     assert "download_data.py --eval-data" in result.reason
     saved = json.loads(result.scores_path.read_text())
     assert saved["scored"] is False and saved["scores"] == [] and "missing.h5" in saved["reason"]
+
+
+def test_find_snapshots_leaves_out_smoke_tests_unless_alone(tmp_path):
+    """Verify that smoke-test experiments are ranked only when the run has nothing else."""
+    from nlb_ndt.paths import get_paths
+    from nlb_ndt.ranking import find_snapshots
+
+    paths = get_paths({"NLB_HOME": str(tmp_path)})
+    root = paths.ray_tune_home / "run"
+
+    def touch(experiment: str, trial_id: str) -> None:
+        ckpts = root / experiment / f"trial_{trial_id}" / "ckpts"
+        ckpts.mkdir(parents=True, exist_ok=True)
+        for kind in KINDS:
+            (ckpts / f"{trial_id}.{kind}.pth").write_bytes(b"")
+
+    touch("run-s0-smoke", "aaaa0001")
+    found = find_snapshots("run", paths=paths)
+    assert {s.experiment for s in found} == {"run-s0-smoke"} and len(found) == 3
+    touch("run-s0", "bbbb0002")
+    touch("run-s0-smoke-2", "cccc0003")
+    found = find_snapshots("run", paths=paths)
+    assert {s.experiment for s in found} == {"run-s0"}
+    assert {s.trial_id for s in found} == {"bbbb0002"}

@@ -99,7 +99,11 @@ def work_dir(name: str, *, paths: Paths | None = None) -> Path:
 
 
 def find_snapshots(name: str, *, paths: Paths | None = None) -> list[Snapshot]:
-    """Every `ckpts/<trial_id>.<kind>.pth` under `$RAY_TUNE_HOME/<NAME>/`, sorted by path."""
+    """Every `ckpts/<trial_id>.<kind>.pth` under `$RAY_TUNE_HOME/<NAME>/`, sorted by path.
+
+    Snapshots of `--smoke-test` experiments (a few epochs each) count only when the run
+    has nothing else, so a smoke test never slips into a real ensemble.
+    """
     root = (paths or get_paths()).ray_tune_home / name
     found = []
     for path in sorted(root.rglob("*.pth")) if root.is_dir() else []:
@@ -111,7 +115,17 @@ def find_snapshots(name: str, *, paths: Paths | None = None) -> list[Snapshot]:
                               experiment=rel.parts[0] if len(rel.parts) > 3 else "",
                               trial_dir=path.parent.parent.resolve(),
                               mtime_ns=path.stat().st_mtime_ns))
+    real = [s for s in found if not _is_smoke(s.experiment)]
+    if real and len(real) < len(found):
+        log.info("leaving out %d snapshots of smoke-test experiments",
+                    len(found) - len(real))
+        return real
     return found
+
+
+def _is_smoke(experiment: str) -> bool:
+    """Whether an experiment folder name is a --smoke-test one (`<name>-s<seed>...-smoke[-n]`)."""
+    return "-smoke" in experiment
 
 
 def trial_dirs(name: str, *, paths: Paths | None = None) -> list[Path]:
