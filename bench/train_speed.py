@@ -128,8 +128,10 @@ def concurrent(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.epilog = "Defaults: --shape mc_maze --device cpu --epochs 3."
     parser.add_argument("--shape", default="mc_maze", help="dataset whose shape to use")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where to train")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (median reported)")
     parser.add_argument("--plain", action="store_true",
                         help="straightforward path: unfused attention, fp32")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
+from helpers import PATH_VARS
 
 from nlb_ndt.paths import get_paths
-
-_PATH_VARS = ("NLB_HOME", "NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
-              "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT")
 
 # Tests never touch a user's real NLB_HOME, and Ray never asks for a login.
 os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -30,7 +29,27 @@ def synthetic_home(tmp_path_factory) -> Path:
 @pytest.fixture
 def nlb_env(synthetic_home, monkeypatch):
     """Point every path variable at `synthetic_home`; returns the resolved Paths."""
-    for var in _PATH_VARS:
+    for var in PATH_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NLB_HOME", str(synthetic_home))
     return get_paths()
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """One BLAS thread while scoring: nlb_tools' vel R2 fits many small ridge regressions,
+    and on a 2-core machine two BLAS threads spin against each other (~10x slower).
+    Results are the same either way."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Scripts' main() reconfigures the root logger onto captured streams; put it back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level

@@ -152,7 +152,7 @@ def test_configs_generate_never_overwrites_edits(tmp_path):
     assert set(first.values()) == {"written"} and len(first) == 4
     assert dict(generate_configs(["synthetic"], out, paths=paths)) == {
         out / "synthetic.yaml": "unchanged", out / "synthetic.json": "unchanged"}
-    edited = (out / "synthetic.yaml").read_text().replace("NUM_UPDATES: 300", "NUM_UPDATES: 7")
+    edited = (out / "synthetic.yaml").read_text().replace("NUM_UPDATES: 200", "NUM_UPDATES: 7")
     (out / "synthetic.yaml").write_text(edited)
     report = dict(generate_configs(["synthetic"], out, paths=paths))
     assert report[out / "synthetic.yaml"] == "kept"
@@ -160,7 +160,7 @@ def test_configs_generate_never_overwrites_edits(tmp_path):
     report = dict(generate_configs(["synthetic"], out, overwrite=True, paths=paths))
     assert report == {out / "synthetic.yaml": "overwritten",
                       out / "synthetic.json": "unchanged"}
-    assert load_config(out / "synthetic.yaml").TRAIN.NUM_UPDATES == 300
+    assert load_config(out / "synthetic.yaml").TRAIN.NUM_UPDATES == 200
 
 
 def _templates_copy(tmp_path) -> Path:
@@ -187,7 +187,7 @@ def test_configs_bad_yaml_type_rejected(tmp_path):
     """Verify that a value of the wrong type (yacs does not coerce) names the file."""
     tdir = _templates_copy(tmp_path)
     bad = tdir / "synthetic.yaml"
-    bad.write_text(bad.read_text().replace("NUM_UPDATES: 300", "NUM_UPDATES: 300.5"))
+    bad.write_text(bad.read_text().replace("NUM_UPDATES: 200", "NUM_UPDATES: 200.5"))
     with pytest.raises(ValueError) as err:
         render_config("synthetic", paths=_paths(tmp_path), template_dir=tdir)
     assert "NUM_UPDATES" in str(err.value) and str(bad) in str(err.value)

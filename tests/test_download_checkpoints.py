@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import logging
 import random
 import struct
 import zipfile
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fake_services import FakeServices, drop, fail
+from helpers import PATH_VARS, load_script
 
 from nlb_ndt import download
 from nlb_ndt.paths import get_paths
@@ -19,8 +18,6 @@ from nlb_ndt.paths import get_paths
 REPO = Path(__file__).resolve().parents[1]
 RECORD, KEY = download.CHECKPOINT_RECORD_ID, download.CHECKPOINT_FILE
 TOP = "ae-nlb-2021-model-checkpoints"
-PATH_VARS = ("NLB_HOME", "NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
-             "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT")
 _RNG = random.Random(0)
 MEMBERS = {
     f"{TOP}/README.md": b"AE Studio checkpoints (fake)\n",
@@ -31,14 +28,8 @@ MEMBERS = {
 }
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-SCRIPT = _load_script("download_checkpoints")
+SCRIPT = load_script("download_checkpoints")
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -48,14 +39,6 @@ def _zip(members: dict[str, bytes]) -> bytes:
             zf.writestr(name, data)
     return buf.getvalue()
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() reconfigures the root logger onto captured streams; put it back after."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture

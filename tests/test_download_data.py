@@ -7,8 +7,6 @@ the command exited non-zero with one `error:` line and nothing is at the final p
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import logging
 import os
 import random
 import signal
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from fake_services import FakeServices, drop, fail, ignore_range, slow, truncate
+from helpers import PATH_VARS, load_script
 
 from nlb_ndt import download
 from nlb_ndt.datasets import get_spec
@@ -28,18 +27,10 @@ from nlb_ndt.paths import get_paths
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = get_spec("mc_maze_small")
-PATH_VARS = ("NLB_HOME", "NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
-             "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT")
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-SCRIPT = _load_script("download_data")
+SCRIPT = load_script("download_data")
 
 
 @dataclass(frozen=True)
@@ -55,14 +46,6 @@ class Served:
     def part(self) -> Path:
         return self.dest.with_name(self.dest.name + ".part")
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() reconfigures the root logger onto captured streams; put it back after."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ quality. (Training real ones takes minutes on a CPU; test_train.py covers traini
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -20,35 +19,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import PATH_VARS, load_script
 
 from nlb_ndt.config import apply_overrides, load_config
 from nlb_ndt.paths import get_paths
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "configs" / "templates" / "synthetic.yaml"
 NAME = "synthetic"
 GROUP = "mc_maze_small_20"  # the synthetic template trains at 20 ms
 KINDS = ("lve", "lfve", "cobps")
-_PATH_VARS = ("NLB_HOME", "NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
-              "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """One BLAS thread while scoring: nlb_tools' vel R2 fits 46 small ridge regressions,
-    and on a shared 2-core machine two BLAS threads spin against each other (~10x slower
-    here). Results are the same either way."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _snapshot_model(cfg, *, mean_rates: np.ndarray, noise: float, seed: int, max_spikes: int,
@@ -112,7 +96,7 @@ def search(synthetic_home, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("ranking_home")
     with pytest.MonkeyPatch.context() as mp:
-        for var in _PATH_VARS:
+        for var in PATH_VARS:
             mp.delenv(var, raising=False)
         mp.setenv("NLB_HOME", str(home))
         mp.setenv("NLB_DATA_RAW", str(synthetic_home / "raw"))
@@ -178,7 +162,7 @@ def test_make_submission_val_picks_argmax_and_file_passes_evaluate(search, capsy
     from nlb_ndt.ensemble import co_bps
     from nlb_ndt.submission import read_submission
 
-    code = _script("make_submission").main([NAME, "--phase", "val", "--max-ensemble", "6"])
+    code = load_script("make_submission").main([NAME, "--phase", "val", "--max-ensemble", "6"])
     out = capsys.readouterr().out
     assert code == 0, out
     folder = search["paths"].submissions_dir / NAME
@@ -213,7 +197,7 @@ def test_make_submission_refuses_to_overwrite(search, capsys):
     out = search["paths"].submissions_dir / "taken.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(b"earlier")
-    assert _script("make_submission").main([NAME, "--out", str(out)]) == 1
+    assert load_script("make_submission").main([NAME, "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "taken.h5 exists; pass --overwrite" in err[0]
     assert out.read_bytes() == b"earlier"

@@ -15,16 +15,8 @@ from nlb_ndt.submission import (RATE_KEYS, SubmissionError, build_submission, gr
 N_TRAIN, N_EVAL = 12, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """One BLAS thread while scoring: nlb_tools' vel R2 fits 46 small ridge regressions,
-    and on a shared 2-core machine two BLAS threads spin against each other (~10x slower
-    here). Results are the same either way."""
-    from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 def _rates(dataset: str, seed: int = 0, bin_ms: int = 5) -> dict[str, np.ndarray]:
     """Six valid float64 rate arrays shaped for `dataset` (small trial counts)."""

@@ -8,7 +8,6 @@ state, max_spikes, num_neurons, trial_length and the best-value records.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import PATH_VARS, load_script
 from yacs.config import CfgNode
 
 from nlb_ndt.config import get_cfg_defaults
@@ -25,26 +25,12 @@ from nlb_ndt.datasets import get_spec
 from nlb_ndt.evaluation import released_members
 from nlb_ndt.model import build_model
 
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "mc_maze_small"  # the synthetic dataset's shape; AESMTE3 averaged 7 of these
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """One BLAS thread while scoring: nlb_tools' vel R2 fits 46 small ridge regressions,
-    and on a shared 2-core machine two BLAS threads spin against each other (~10x slower
-    here). Results are the same either way."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ae_config() -> CfgNode:
@@ -142,8 +128,6 @@ def original_style_submission(members, tensors, path: Path, group: str) -> None:
     save_to_h5({group: mean}, str(path), overwrite=True)
 
 
-_PATH_VARS = ("NLB_HOME", "NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
-              "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +142,7 @@ def release(synthetic_home, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("release")
     root = tmp_path / "release"
     with pytest.MonkeyPatch.context() as mp:
-        for var in _PATH_VARS:
+        for var in PATH_VARS:
             mp.delenv(var, raising=False)
         mp.setenv("NLB_HOME", str(synthetic_home))
         mp.setenv("SUBMISSION_VALIDATION_ROOT", str(root))
@@ -185,7 +169,7 @@ def test_released_members_takes_top_n_by_cobps_in_order(release):
 
 def test_validate_script_passes_on_matching_submission(release, capsys):
     """Verify that validate_test_submission.py exits 0 and reports every array as ok."""
-    script = _load_script("validate_test_submission")
+    script = load_script("validate_test_submission")
     code = script.main([DATASET, str(release["submission"])])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -202,7 +186,7 @@ def test_validate_script_fails_on_perturbed_copy(release, tmp_path, capsys):
         arr = ds[()]
         arr[3, 5, 7] *= 1 + 1e-4
         ds[...] = arr
-    script = _load_script("validate_test_submission")
+    script = load_script("validate_test_submission")
     code = script.main([DATASET, str(bad)])
     out = capsys.readouterr().out
     assert code == 1
