@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import save_original_layout
 from yacs.config import CfgNode
 
 from nlb_ndt.checkpoint import (ALLOWED_GLOBALS, UnsafeCheckpointError, load_model,
@@ -82,21 +83,8 @@ def write_legacy(path, model, cfg: CfgNode, *, protocol: int = 2) -> None:
     opt.step()
     opt.zero_grad()
     model.eval()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-    torch.save({
-        "state_dict": model.state_dict(),
-        "optim_state": opt.state_dict(),
-        "lr_scheduler": sched.state_dict(),
-        "config": cfg,
-        "best_val": {"value": torch.tensor(0.25), "update": 40},
-        "best_unmasked_val": {"value": torch.tensor(0.3), "update": 20},
-        "best_r2": {"value": -100, "update": -1},
-        "max_spikes": MAX_SPIKES,
-        "num_neurons": N_IN + N_OUT,
-        "trial_length": T_OBS + T_FWD,
-        "extra_state": {"update": 40, "checkpoint": 2, "pth_time": 12.5,
-                        "max_spikes": MAX_SPIKES},
-    }, path, pickle_protocol=protocol)
+    save_original_layout(path, model, cfg, opt, max_spikes=MAX_SPIKES, num_neurons=N_IN + N_OUT,
+                         trial_length=T_OBS + T_FWD, update=40, protocol=protocol)
 
 
 class SystemCall:

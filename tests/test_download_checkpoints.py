@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fake_services import FakeServices, drop, fail
-from helpers import PATH_VARS, load_script
+from helpers import isolated_download_env, load_script
 
 from nlb_ndt import download
 from nlb_ndt.paths import get_paths
@@ -44,12 +44,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """A started FakeServices with the Zenodo endpoint and path variables pointed at it."""
-    for var in PATH_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NLB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NLB_DOWNLOAD_BACKOFF_S", "0.01")
-    monkeypatch.setenv("NLB_DOWNLOAD_RETRIES", "4")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    isolated_download_env(monkeypatch, tmp_path / "home")
     with FakeServices() as services:
         monkeypatch.setenv("NLB_ZENODO_API_URL", services.zenodo_api_url)
         yield services

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from fake_services import FakeServices, drop, fail, ignore_range, slow, truncate
-from helpers import PATH_VARS, load_script
+from helpers import isolated_download_env, load_script
 
 from nlb_ndt import download
 from nlb_ndt.datasets import get_spec
@@ -51,13 +51,7 @@ class Served:
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """A started FakeServices with every endpoint and path variable pointed at it."""
-    for var in PATH_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NLB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NLB_DOWNLOAD_BACKOFF_S", "0.01")
-    monkeypatch.setenv("NLB_DOWNLOAD_RETRIES", "4")
-    monkeypatch.setenv("NLB_DOWNLOAD_TIMEOUT_S", "10")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    isolated_download_env(monkeypatch, tmp_path / "home")
     with FakeServices() as services:
         monkeypatch.setenv("NLB_DANDI_API_URL", services.dandi_api_url)
         monkeypatch.setenv("NLB_ZENODO_API_URL", services.zenodo_api_url)

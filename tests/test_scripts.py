@@ -48,6 +48,8 @@ COVERED = {
     "make_submission.py": "--help and first-run error here; test_ranking.py, demo",
     "validate_test_submission.py": "--help here; runs in test_validate_submission.py",
     "bench/train_speed.py": "--help here; its runs are the benchmark (bench/RESULTS.md)",
+    "bench/validate_memory.py": "--help here; its run is the benchmark (bench/RESULTS.md)",
+    "bench/demo_ceiling.py": "--help here; run after `make demo` (approach.md)",
     "-m nlb_ndt.synthetic": "--help here; runs in test_synthetic.py",
     "-m pytest": "`make test`",
 }
@@ -71,6 +73,8 @@ STABLE_OPTIONS = {
     "validate_test_submission.py": ("DATASET", "SUBMISSION_H5", "--device", "--rtol"),
     "demo.py": ("--home", "--samples", "--concurrent", "--seed"),
     "bench/train_speed.py": ("--shape", "--device", "--concurrent"),
+    "bench/validate_memory.py": ("--keep", "--device"),
+    "bench/demo_ceiling.py": ("--home",),
     "-m nlb_ndt.synthetic": ("--out", "--like", "--seed"),
 }
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import PATH_VARS, load_script
+from helpers import PATH_VARS, load_script, save_original_layout
 from yacs.config import CfgNode
 
 from nlb_ndt.config import get_cfg_defaults
@@ -67,21 +67,8 @@ def write_ae_checkpoint(path: Path, *, seed: int, num_neurons: int, trial_length
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-    torch.save({
-        "state_dict": model.state_dict(),
-        "optim_state": opt.state_dict(),
-        "lr_scheduler": sched.state_dict(),
-        "config": cfg,
-        "best_val": {"value": torch.tensor(0.3), "update": 1200},
-        "best_unmasked_val": {"value": torch.tensor(0.31), "update": 1180},
-        "best_r2": {"value": -100, "update": -1},
-        "max_spikes": max_spikes,
-        "num_neurons": num_neurons,
-        "trial_length": trial_length,
-        "extra_state": {"update": 1200, "checkpoint": 3, "pth_time": 100.0,
-                        "max_spikes": max_spikes},
-    }, path)
+    save_original_layout(path, model, cfg, opt, max_spikes=max_spikes,
+                         num_neurons=num_neurons, trial_length=trial_length, update=1200)
 
 
 def _with_defaults(cfg: CfgNode) -> CfgNode:
