@@ -35,6 +35,33 @@ def _isolate(home: Path) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def _set_aside_stale(home: Path) -> None:
+    """Move aside a demo folder made from other templates (renamed; nothing is deleted).
+
+    A search continues only with the config it started with, so a demo folder left by an
+    earlier version of the synthetic template cannot be resumed; it is kept next to the
+    new one as <home>.old-<time>.
+    """
+    import hashlib
+
+    from nlb_ndt.config import TEMPLATE_DIR
+
+    digest = hashlib.sha256(b"".join((TEMPLATE_DIR / f"{NAME}{ext}").read_bytes()
+                                     for ext in (".yaml", ".json"))).hexdigest()
+    stamp = home / "demo_templates.sha256"
+    started = (home / "ray_results").exists()
+    if started and (not stamp.exists() or stamp.read_text().strip() != digest):
+        base = f"{home.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside, n = home.with_name(base), 1
+        while aside.exists():
+            n += 1
+            aside = home.with_name(f"{base}-{n}")
+        home.rename(aside)
+        print(f"{home} was made with other demo templates; moved it to {aside}")
+    home.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+
+
 def _score(target, rates: dict, group: str) -> dict:
     from nlb_ndt.evaluation import score_submission
 
@@ -151,7 +178,7 @@ def main(argv=None) -> int:
 
     def body(args) -> int:
         home = Path(args.home).resolve()
-        home.mkdir(parents=True, exist_ok=True)
+        _set_aside_stale(home)
         _isolate(home)
         run_demo(home, samples=args.samples, seed=args.seed, concurrent=args.concurrent)
         return 0

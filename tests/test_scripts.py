@@ -393,3 +393,25 @@ def test_readme_tables_match_the_source():
         cells = row(f"`{name}`")
         assert (cells[size_col], cells[dandi_col]) == (str(spec.ensemble_size),
                                                        spec.dandiset_id), name
+
+
+def test_demo_sets_aside_a_folder_from_other_templates(tmp_path):
+    """Verify that the demo resumes its own folder but moves aside (never deletes) one
+    made with other templates, which its search could not continue."""
+    from helpers import load_script
+
+    demo = load_script("demo")
+    home = tmp_path / "demo_output"
+    (home / "ray_results").mkdir(parents=True)
+    demo._set_aside_stale(home)  # no stamp: an older demo's folder
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("demo_output.old-")]
+    assert len(aside) == 1 and (aside[0] / "ray_results").is_dir()
+    assert home.is_dir() and not (home / "ray_results").exists()
+
+    (home / "ray_results").mkdir()
+    demo._set_aside_stale(home)  # same templates: resumed in place
+    assert (home / "ray_results").is_dir()
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("demo_output.old-")]) == 1
+    (home / "demo_templates.sha256").write_text("0" * 64)
+    demo._set_aside_stale(home)  # changed templates
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("demo_output.old-")]) == 2
