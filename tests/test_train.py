@@ -29,14 +29,14 @@ def test_train_short_run_learns_and_beats_smoothing(nlb_env, tmp_path):
     """Verify that a short CPU training reaches val co-bps well above 0 and above smoothing."""
     from nlb_ndt import preprocess
     from nlb_ndt.baselines import smoothing_rates
-    from nlb_ndt.train import bits_per_spike
+    from nlb_ndt.ensemble import co_bps
 
     cfg = synthetic_cfg(**{"TRAIN.NUM_UPDATES": 150, "TRAIN.VAL_INTERVAL": 10})
     final = train_model(cfg, run_dir=tmp_path / "run", trial_id="t0", device="cpu")
     arrays = preprocess.load_tensors("mc_maze_small", phase="val", bin_ms=20)
     target = preprocess.load_val_target("mc_maze_small", bin_ms=20)["mc_maze_small_20"]
     smooth = smoothing_rates(arrays, bin_ms=20)
-    smooth_cobps = bits_per_spike(smooth["eval_rates_heldout"], target["eval_spikes_heldout"])
+    smooth_cobps = co_bps(smooth["eval_rates_heldout"], target["eval_spikes_heldout"])
     assert final["done"]
     assert final["best_val_cobps"] > 0.05
     assert final["best_val_cobps"] > smooth_cobps, (final["best_val_cobps"], smooth_cobps)
@@ -50,7 +50,7 @@ def test_train_short_run_learns_and_beats_smoothing(nlb_env, tmp_path):
 
     model, info = load_model(run / "ckpts" / "t0.cobps.pth")
     rates = predict_rates(model, arrays["eval_spikes_heldin"])
-    cobps = bits_per_spike(rates[:, : info["t_obs"], info["n_heldin"]:],
+    cobps = co_bps(rates[:, : info["t_obs"], info["n_heldin"]:],
                            target["eval_spikes_heldout"])
     assert cobps == pytest.approx(info["metrics"]["val_cobps"], abs=2e-3)
     assert cobps == pytest.approx(final["best_val_cobps"], abs=2e-3)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import importlib.metadata
 import logging
-import os
 import pickle
 import platform
 import types
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
+from nlb_ndt.atomic import atomic_write
 from nlb_ndt.config import get_cfg_defaults
 
 logger = logging.getLogger(__name__)
@@ -192,13 +192,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: CfgNode,
                           (versions if versions is not None else _versions()).items()}
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:  # readers never see a half-written snapshot
         torch.save(record, tmp)
-        os.replace(tmp, path)  # readers never see a half-written snapshot
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

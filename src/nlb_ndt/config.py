@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 
 from yacs.config import CfgNode as CN
 
+from .atomic import write_text_atomic
+
 _C = CN()
 _C.SEED = 100  # base random seed (python, numpy, torch); a search derives one per trial
 _C.VARIANT = "experiment"  # run name; prefix of snapshot files outside a search
@@ -272,13 +274,6 @@ def render_config(name: str, *, paths: Any = None,
     return yaml_text, json_path.read_text()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def generate_configs(names: Iterable[str], out_dir: str | Path, *, overwrite: bool = False,
                      paths: Any = None,
                      template_dir: str | Path | None = None) -> list[tuple[Path, str]]:
@@ -322,6 +317,6 @@ def generate_configs(names: Iterable[str], out_dir: str | Path, *, overwrite: bo
                 log.warning("%s differs from its template (edited?); kept. Re-run with "
                             "--overwrite to replace it", path)
             if status in ("written", "overwritten"):
-                _write_atomic(path, text)
+                write_text_atomic(path, text)
             report.append((path, status))
     return report

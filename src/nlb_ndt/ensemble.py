@@ -91,7 +91,7 @@ def ensemble_curve(ranked_heldout: Iterable[np.ndarray], eval_spikes_heldout: np
     """
     if max_size is not None and max_size < 1:
         raise ValueError(f"the largest ensemble size must be >= 1, not {max_size}")
-    total: np.ndarray | None = None
+    running = RunningMean()
     curve: list[float] = []
     for n, rates in enumerate(ranked_heldout, start=1):
         if max_size is not None and n > max_size:
@@ -101,8 +101,8 @@ def ensemble_curve(ranked_heldout: Iterable[np.ndarray], eval_spikes_heldout: np
             raise ValueError(f"member {n}'s eval_rates_heldout has shape {rates.shape}; "
                              f"the val target's eval_spikes_heldout has "
                              f"{eval_spikes_heldout.shape}")
-        total = rates.astype(np.float64) if total is None else total + rates
-        curve.append(co_bps((total / n).astype(np.float32), eval_spikes_heldout))
+        running.add({"eval_rates_heldout": rates})
+        curve.append(co_bps(running.mean()["eval_rates_heldout"], eval_spikes_heldout))
     if not curve:
         raise ValueError("no ensemble members to score")
     return np.asarray(curve)

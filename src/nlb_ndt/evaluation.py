@@ -22,6 +22,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .submission import (SubmissionError, check_submission, check_target, group_shapes,
                          parse_group, read_h5, trial_counts)
 
@@ -131,12 +132,7 @@ def save_scores(path: str | Path, payload: Mapping) -> Path:
             return clean(obj.item())
         return obj
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(payload), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(clean(payload), indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -318,7 +314,8 @@ def validate_released_submission(dataset: str, submission_h5: str | Path, *, pat
     """
     from .datasets import get_spec
     from .paths import get_paths
-    from .ranking import ensemble_rates, resolve_device
+    from .ranking import ensemble_rates
+    from .train import resolve_device
     from .submission import RATE_KEYS
 
     paths = paths or get_paths()

@@ -48,6 +48,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from skopt.space import Categorical, Integer, Real
 
+from .atomic import atomic_write, write_text_atomic
 from .search_space import Dimension, to_json
 
 logger = logging.getLogger(__name__)
@@ -431,9 +432,7 @@ def library_versions() -> dict[str, str]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimension],
@@ -516,13 +515,11 @@ def _summarise(results, exp_dir: Path, objective: str, mode: str,
 def _write_trials_csv(summary: SearchSummary) -> None:
     if not summary.trials:
         return
-    path = summary.experiment_dir / "trials.csv"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(summary.experiment_dir / "trials.csv") as tmp, \
+            open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(summary.trials[0]))
         writer.writeheader()
         writer.writerows(summary.trials)
-    tmp.replace(path)
 
 
 def run_search(name: str, *, samples: int | None = None, seed: int = 42,

@@ -10,11 +10,12 @@ Every function writes one PNG atomically and returns its path.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,8 @@ def _pyplot():
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=path.suffix) as tmp:  # matplotlib reads the suffix
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
     log.info("wrote %s", path)
     return path

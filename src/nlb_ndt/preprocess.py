@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +30,7 @@ from typing import Iterable
 import h5py
 import numpy as np
 
+from .atomic import atomic_write
 from .datasets import DatasetSpec, check_bin_ms, get_spec
 from .paths import Paths, get_paths
 from .psth import add_psth
@@ -255,31 +255,21 @@ def _cache_matches(path: Path, key: str) -> bool:
 
 def _write_tensors(path: Path, tensors: dict[str, np.ndarray], key: str) -> None:
     meta = json.loads(key)
-    tmp = _tmp_name(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, arr in tensors.items():
-                # Light gzip: counts are mostly zeros; level 1 keeps loading fast.
-                f.create_dataset(name, data=arr, dtype="float32", compression="gzip",
-                                 compression_opts=1, shuffle=True)
-            _set_attrs(f, key, meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, arr in tensors.items():
+            # Light gzip: counts are mostly zeros; level 1 keeps loading fast.
+            f.create_dataset(name, data=arr, dtype="float32", compression="gzip",
+                             compression_opts=1, shuffle=True)
+        _set_attrs(f, key, meta)
 
 
 def _write_targets(path: Path, targets: dict, key: str) -> None:
     from nlb_tools.make_tensors import save_to_h5
 
-    tmp = _tmp_name(path)
-    try:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp:
         save_to_h5(targets, str(tmp), overwrite=True)
         with h5py.File(tmp, "a") as f:
             _set_attrs(f, key, json.loads(key))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _set_attrs(f: h5py.File, key: str, meta: dict) -> None:
@@ -287,10 +277,6 @@ def _set_attrs(f: h5py.File, key: str, meta: dict) -> None:
     for name in ("format_version", "dataset", "phase", "bin_ms", "nlb_tools"):
         f.attrs[name] = meta[name]
     f.attrs["sources"] = json.dumps(meta["sources"])
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _nlb_tools_version() -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_write
 from .datasets import get_spec
 from .ensemble import RunningMean
 from .paths import Paths, get_paths
@@ -151,15 +151,6 @@ def trial_hyperparameters(trial_dir: Path) -> dict[str, object]:
             for k, v in flat.items()}
 
 
-def resolve_device(device: str | None) -> str:
-    """"auto" (or None): "cuda" when visible, else "cpu"."""
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def _progress(items: Sequence, desc: str) -> Iterable:
     from tqdm import tqdm
 
@@ -210,11 +201,8 @@ def _rates_file(snap: Snapshot) -> str:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def read_ranking(path: str | Path) -> pd.DataFrame:
@@ -298,6 +286,8 @@ def rank_snapshots(name: str, *, paths: Paths | None = None, out_dir: str | Path
                                           bin_ms=settings.bin_ms, paths=paths)
         target = preprocess.load_val_target(settings.dataset, bin_ms=settings.bin_ms,
                                             paths=paths)
+        from .train import resolve_device
+
         device = resolve_device(device)
         for snap in _progress(todo, f"scoring {name}"):
             try:
@@ -315,10 +305,8 @@ def rank_snapshots(name: str, *, paths: Paths | None = None, out_dir: str | Path
     df = df[lead + sorted(c for c in df.columns if c not in lead)]
     df = df.sort_values(["co-bps", "path"], ascending=[False, True], kind="stable")
     df = df.reset_index(drop=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    df.to_csv(tmp)
-    os.replace(tmp, csv_path)
+    with atomic_write(csv_path) as tmp:
+        df.to_csv(tmp)
     log.info("wrote %s (%d snapshots; best val co-bps %.4f: %s.%s)", csv_path, len(df),
              df["co-bps"].iloc[0], df["trial_id"].iloc[0], df["val_ckpt"].iloc[0])
     return df

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
+from .atomic import atomic_write
 from .datasets import SCALING_DATASETS, SUPPORTED_BIN_MS, get_spec
 
 log = logging.getLogger(__name__)
@@ -247,16 +247,10 @@ def write_submission(data: Mapping[str, Mapping[str, np.ndarray]], path: str | P
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
     log.info("writing %s (groups: %s)", path, ", ".join(data))
-    try:
+    with atomic_write(path) as tmp:
         save_to_h5({g: {k: np.asarray(v) for k, v in arrays.items()}
                     for g, arrays in data.items()}, str(tmp), overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -458,8 +452,8 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
     from . import plots, preprocess
     from .evaluation import save_scores, score_submission
     from .paths import get_paths
-    from .ranking import (ensemble_rates, rank_snapshots, resolve_device, run_settings,
-                          trial_dirs, work_dir)
+    from .ranking import ensemble_rates, rank_snapshots, run_settings, trial_dirs, work_dir
+    from .train import resolve_device
 
     paths = paths or get_paths()
     if phase not in PHASES:

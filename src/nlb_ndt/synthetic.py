@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import h5py
 import numpy as np
 
 from . import _synth_models as models
+from .atomic import atomic_write, write_text_atomic
 from .datasets import DatasetSpec, check_bin_ms, get_spec
 from .preprocess import BEHAVIOR_FIELDS
 
@@ -229,9 +229,7 @@ def _trial_counts(spec: DatasetSpec, trials: Sequence[int] | None) -> tuple[int,
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- NWB files
@@ -266,16 +264,9 @@ def _write_nwb(path: Path, spec: DatasetSpec, sim: models.Simulation, sess: mode
             timestamps=np.arange(sess.end_ms) / 1000.0, comments="columns=[x,y]",
             description=f"synthetic {spec.behavior}, a lagged readout of the latents"))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden temporary name: glob("*.nwb"), as NWBDataset uses, skips dot-files, so
-    # nothing loads a half-written file; the rename makes it appear complete.
-    tmp = path.with_name(f".{path.name}.partial.nwb")
-    try:
-        with NWBHDF5IO(str(tmp), "w") as io:
-            io.write(nwb)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The hidden temporary name keeps NWBDataset's glob("*.nwb") off a half-written file.
+    with atomic_write(path, suffix=".nwb") as tmp, NWBHDF5IO(str(tmp), "w") as io:
+        io.write(nwb)
 
 
 def _units_table(sim: models.Simulation, sess: models.Session, keep: np.ndarray):
@@ -310,8 +301,7 @@ def _py(value):
 
 def _write_truth(path: Path, spec: DatasetSpec, sim: models.Simulation, meta: dict) -> None:
     """Latents per file and the readout: rate(t) = exp(latents(t) @ C + b) spikes per ms."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["meta"] = json.dumps(meta)
         f.attrs["description"] = (
             "true rates of the synthetic NWB files: exp(latents @ readout_C + readout_b) "
@@ -328,7 +318,6 @@ def _write_truth(path: Path, spec: DatasetSpec, sim: models.Simulation, meta: di
             g.create_dataset("latents", data=sess.latents, compression="gzip",
                              compression_opts=1, shuffle=True)
             g["start_time_ms"] = sess.trials["start_time"]
-    os.replace(tmp, path)
 
 
 def _read_truth(path: Path) -> dict:
@@ -421,18 +410,15 @@ def _write_eval_data_test(eval_path: Path, spec: DatasetSpec, sim: models.Simula
                                       skip_fields=list(BEHAVIOR_FIELDS))
             del ds
 
-    tmp_path = eval_path.with_name(eval_path.name + ".tmp")
-    if eval_path.is_file():  # keep the groups of other synthetic datasets
-        shutil.copy2(eval_path, tmp_path)
-    elif tmp_path.exists():
-        tmp_path.unlink()
-    save_to_h5(targets, str(tmp_path), overwrite=True)
-    with h5py.File(tmp_path, "a") as f:
-        f.attrs["synthetic"] = True
-        f.attrs["description"] = "test-split ground truth of nlb_ndt.synthetic datasets"
-        for group in targets:
-            f[group].attrs["meta"] = json.dumps(meta)
-    os.replace(tmp_path, eval_path)
+    with atomic_write(eval_path) as tmp_path:
+        if eval_path.is_file():  # keep the groups of other synthetic datasets
+            shutil.copy2(eval_path, tmp_path)
+        save_to_h5(targets, str(tmp_path), overwrite=True)
+        with h5py.File(tmp_path, "a") as f:
+            f.attrs["synthetic"] = True
+            f.attrs["description"] = "test-split ground truth of nlb_ndt.synthetic datasets"
+            for group in targets:
+                f[group].attrs["meta"] = json.dumps(meta)
     logger.info("wrote test-split ground truth %s to %s", sorted(targets), eval_path)
 
 

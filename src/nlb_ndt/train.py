@@ -25,7 +25,6 @@ import csv
 import json
 import logging
 import math
-import os
 import platform
 import random
 import time
@@ -36,7 +35,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .checkpoint import save_checkpoint
+from .ensemble import co_bps
 from .masking import assemble, mask_heldin
 from .model import NDT, build_model
 from .schedules import build_scheduler
@@ -126,14 +127,6 @@ def _split(arrays: dict, prefix: str, device) -> SplitTensors:
                          t(f"{prefix}_spikes_heldout_forward")], dim=-1)
     return SplitTensors(torch.nan_to_num(heldin, nan=0.0), t(f"{prefix}_spikes_heldout"),
                         forward)
-
-
-def bits_per_spike(rates: np.ndarray, spikes: np.ndarray) -> float:
-    """nlb_tools' co-bps: Poisson log-likelihood gain over each neuron's mean rate, per
-    spike, in bits; NaN spikes ignored (nlb_tools.evaluation.bits_per_spike)."""
-    from nlb_tools.evaluation import bits_per_spike as nlb_bps
-
-    return float(nlb_bps(rates.astype(np.float64), spikes.astype(np.float64)))
 
 
 class Trainer:
@@ -265,7 +258,7 @@ class Trainer:
         return {
             "masked_loss": sums["masked"][0] / max(1, sums["masked"][1]),
             "unmasked_loss": sums["unmasked"][0] / max(1, sums["unmasked"][1]),
-            "val_cobps": bits_per_spike(rates, self.val_heldout_target),
+            "val_cobps": co_bps(rates, self.val_heldout_target),
         }
 
     # ---------------------------------------------------------------- snapshots
@@ -299,9 +292,8 @@ class Trainer:
                          else torch.empty(0, dtype=torch.uint8)),
             "history": self.history, "elapsed": self.elapsed,
         }
-        tmp = self._state_path().with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self._state_path())
+        with atomic_write(self._state_path()) as tmp:
+            torch.save(state, tmp)
 
     def load_state(self) -> bool:
         path = self._state_path()
@@ -334,12 +326,10 @@ class Trainer:
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
     def _write_history(self) -> None:
-        tmp = self.run_dir / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, self.run_dir / "metrics.csv")
 
     # ---------------------------------------------------------------- main loop
     def fit(self, *, report: Callable[[dict], None] | None = None,

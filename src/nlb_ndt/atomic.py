@@ -1,0 +1,42 @@
+"""Write a file so that readers see the old version or the complete new one, never half.
+
+Every file this package writes (caches, snapshots, rankings, submissions, configs, JSON
+records, plots) goes through `atomic_write`: the writer fills a hidden temporary file beside
+the target, and one rename puts it in place. A crash leaves the old file untouched and no
+temporary file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`.
+
+    Args:
+        path: the file to (re)place; its folder is created if needed.
+        suffix: appended to the temporary name, for writers that infer the format from it
+            (e.g. ".png" for matplotlib).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden (a leading dot): globs such as NWBDataset's "*.nwb" never see it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    tmp.unlink(missing_ok=True)  # some writers refuse to open an existing file
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """`path.write_text(text)`, atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
