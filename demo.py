@@ -27,8 +27,9 @@ COLUMNS = ("co-bps", "vel R2", "psth R2", "fp-bps")
 
 def _isolate(home: Path) -> None:
     """Point every path variable at the demo folder (Ray workers inherit this)."""
-    for var in ("NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
-                "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT"):
+    from nlb_ndt.paths import PATH_VARIABLES
+
+    for var in PATH_VARIABLES:
         os.environ.pop(var, None)
     os.environ["NLB_HOME"] = str(home)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -83,7 +84,7 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
     from nlb_ndt import preprocess
     from nlb_ndt.baselines import smoothing_rates
     from nlb_ndt.config import generate_configs
-    from nlb_ndt.datasets import get_spec
+    from nlb_ndt.datasets import PHASES, get_spec
     from nlb_ndt.hyperopt import run_search
     from nlb_ndt.paths import get_paths
     from nlb_ndt.submission import make_submission
@@ -99,7 +100,7 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
     generate(paths.data_raw, like=DATASET, seed=seed)  # skips work already done
     lap("synthetic data")
     generate_configs([NAME], paths.config_dir, paths=paths)
-    for phase in ("val", "test"):
+    for phase in PHASES:
         preprocess.build_tensors(DATASET, phase=phase, bin_ms=BIN_MS, paths=paths)
     lap("configs and tensors")
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from nlb_ndt.cli import make_parser, run
+from nlb_ndt.datasets import PHASES
 
 
 def _size(text: str) -> int | str:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("names", nargs="+", metavar="NAME",
                         help="run name: a dataset (mc_maze, ...) or 'synthetic'")
-    parser.add_argument("--phase", choices=("val", "test"), default="val",
+    parser.add_argument("--phase", choices=PHASES, default="val",
                         help="val: rates on the val trials; test: on the test trials")
     parser.add_argument("--ensemble-size", default="auto", type=str,
                         help="N, or 'auto' for the N with the best val co-bps")

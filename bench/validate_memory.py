@@ -158,16 +158,14 @@ def main(argv=None) -> int:
     from nlb_ndt.ranking import ensemble_rates
     from nlb_ndt.submission import build_submission, write_submission
     from nlb_ndt.evaluation import released_members
+    from nlb_ndt.paths import PATH_VARIABLES
 
     spec = get_spec(DATASET)
     with tempfile.TemporaryDirectory(prefix="nlb_validate_bench_") as tmp:
         home = args.keep or Path(tmp)
         home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NLB_", "NDT_"))}
-        env.update(NLB_HOME=str(home))
-        for var in ("RAY_TUNE_HOME", "CHECKPOINT_DIR", "CONFIG_DIR",
-                    "SUBMISSION_VALIDATION_ROOT"):
-            env.pop(var, None)
+        env = {k: v for k, v in os.environ.items() if k not in PATH_VARIABLES}
+        env["NLB_HOME"] = str(home)
         paths = get_paths(env)
         sub = home / "submission.h5"
         make_s = None

@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+# Tests clear every path variable before pointing NLB_HOME at a temporary folder, so a
+# user's real NLB_HOME is never touched.
+from nlb_ndt.paths import PATH_VARIABLES as PATH_VARS  # noqa: F401 (re-exported)
 
-# Every path variable of nlb_ndt.paths; tests clear them all before pointing NLB_HOME at a
-# temporary folder, so a user's real NLB_HOME is never touched.
-PATH_VARS = ("NLB_HOME", "NLB_DATA_RAW", "NLB_CACHE_DIR", "NDT_CACHE_DIR", "RAY_TUNE_HOME",
-             "CHECKPOINT_DIR", "CONFIG_DIR", "SUBMISSION_VALIDATION_ROOT")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):

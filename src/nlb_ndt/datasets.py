@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUPPORTED_BIN_MS = (5, 20)
+#: NLB's evaluation phases: val (held-out part of the train file) and test.
+PHASES = ("val", "test")
 
 
 class UnknownDatasetError(ValueError):
@@ -161,3 +163,10 @@ def check_bin_ms(bin_ms: int) -> int:
     if bin_ms not in SUPPORTED_BIN_MS:
         raise ValueError(f"bin size {bin_ms} ms is not an NLB track; use 5 or 20")
     return bin_ms
+
+
+def check_phase(phase: str) -> str:
+    """Validate an evaluation phase ("val" or "test")."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}, not {phase!r}")
+    return phase

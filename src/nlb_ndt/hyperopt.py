@@ -560,7 +560,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         A SearchSummary of every trial of the experiment.
     """
     from .config import apply_overrides, load_config
-    from .datasets import SUPPORTED_BIN_MS
+    from .datasets import check_bin_ms
     from .paths import get_paths
     from .preprocess import build_tensors
     from .search_space import load_search_space
@@ -581,10 +581,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
                                 f"{', '.join(template_names())}")
     cfg = load_config(cfg_path, list(opts), freeze=False)
     if bin_ms is not None and int(bin_ms) != int(cfg.DATA.BIN_MS):
-        if int(bin_ms) not in SUPPORTED_BIN_MS:
-            raise ValueError(f"--bin-ms {bin_ms}: NLB has bins of "
-                             f"{' or '.join(map(str, SUPPORTED_BIN_MS))} ms")
-        cfg.DATA.BIN_MS = int(bin_ms)
+        cfg.DATA.BIN_MS = check_bin_ms(int(bin_ms))
         name = f"{name}_{bin_ms}"  # its own run: trials of different widths never mix
     if smoke_test:
         cfg = apply_overrides(cfg, SMOKE_OVERRIDES)

@@ -22,6 +22,8 @@ _LAYOUT = (
     ("config_dir", "CONFIG_DIR", "configs"),
     ("submission_validation_root", "SUBMISSION_VALIDATION_ROOT", "submission-validation"),
 )
+#: Every variable that moves a directory: clear them all to isolate a run under NLB_HOME.
+PATH_VARIABLES = ("NLB_HOME", *(var for _, var, _ in _LAYOUT))
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,13 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_write
-from .datasets import DatasetSpec, check_bin_ms, get_spec
+from .datasets import PHASES, DatasetSpec, check_bin_ms, check_phase, get_spec
 from .paths import Paths, get_paths
 from .psth import add_psth
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-PHASES = ("val", "test")
 TRAIN_KEYS = ("train_spikes_heldin", "train_spikes_heldout",
               "train_spikes_heldin_forward", "train_spikes_heldout_forward")
 VAL_EVAL_KEYS = ("eval_spikes_heldin", "eval_spikes_heldout",
@@ -56,7 +55,7 @@ def tensor_path(dataset: str, *, phase: str, bin_ms: int = 5,
                 paths: Paths | None = None) -> Path:
     """Cache file of the tensors of `dataset` for `phase` ("val" or "test")."""
     spec = get_spec(dataset)
-    _check_phase(phase)
+    check_phase(phase)
     paths = paths or get_paths()
     suffix = "train" if phase == "val" else "test"
     return paths.ndt_cache_dir / f"{spec.group(bin_ms)}_{suffix}.h5"
@@ -100,7 +99,7 @@ def build_all(dataset: str, *, phases: Iterable[str] = PHASES, bins: Iterable[in
     spec = get_spec(dataset)
     phases = tuple(phases)
     for phase in phases:
-        _check_phase(phase)
+        check_phase(phase)
     paths = paths or get_paths()
     folder = paths.data_raw / spec.folder
     out: list[Path] = []
@@ -284,8 +283,3 @@ def _nlb_tools_version() -> str:
         return metadata.version("nlb-tools")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _check_phase(phase: str) -> None:
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")

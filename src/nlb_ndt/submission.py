@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_write
-from .datasets import SCALING_DATASETS, SUPPORTED_BIN_MS, get_spec
+from .datasets import SCALING_DATASETS, SUPPORTED_BIN_MS, check_phase, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +309,6 @@ def read_submission(path: str | Path, *, expected: Mapping[str, Mapping[str, Sha
 # rank -> choose N -> top-N mean for the phase -> h5 -> local scores. Checkpoints are
 # handled by nlb_ndt.ranking; this part only orchestrates and writes.
 
-PHASES = ("val", "test")
-
-
 @dataclass
 class SubmissionResult:
     """What `make_submission` wrote and scored.
@@ -456,8 +453,7 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
     from .train import resolve_device
 
     paths = paths or get_paths()
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {', '.join(PHASES)}, not {phase!r}")
+    check_phase(phase)
     names = list(dict.fromkeys(names))
     settings = {name: run_settings(name, paths=paths) for name in names}
     groups = [s.group for s in settings.values()]

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _synth_models as models
 from .atomic import atomic_write, write_text_atomic
-from .datasets import DatasetSpec, check_bin_ms, get_spec
+from .datasets import DatasetSpec, check_bin_ms, check_phase, get_spec
 from .preprocess import BEHAVIOR_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ GENERATOR_VERSION = 1
 MARKER = "SYNTHETIC.json"
 TRUTH = "synthetic_truth.h5"
 EVAL_DATA_TEST = "eval_data_test.h5"
-PHASES = ("val", "test")
 #: The six arrays of an NLB submission group.
 SUBMISSION_KEYS = (
     "train_rates_heldin", "train_rates_heldout", "eval_rates_heldin", "eval_rates_heldout",
@@ -145,8 +144,7 @@ def true_rates(data_raw: str | Path, like: str = "mc_maze_small", *, phase: str 
 
     spec = get_spec(like)
     check_bin_ms(bin_ms)
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+    check_phase(phase)
     data_raw = Path(data_raw).expanduser().resolve()
     truth_path = data_raw / spec.dandiset_id / TRUTH
     if not truth_path.is_file():
