@@ -3,7 +3,8 @@
 Every file this package writes (caches, snapshots, rankings, submissions, configs, JSON
 records, plots) goes through `atomic_write`: the writer fills a hidden temporary file beside
 the target, and one rename puts it in place. A crash leaves the old file untouched and no
-temporary file behind.
+temporary file behind. Downloads are the exception: their `.part` files are kept on
+purpose, so that the next run resumes them (nlb_ndt.download).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUPPORTED_BIN_MS = (5, 20)
+#: Marks a dandiset folder as written by nlb_ndt.synthetic (downloads never mix into it).
+SYNTHETIC_MARKER = "SYNTHETIC.json"
 #: NLB's evaluation phases: val (held-out part of the train file) and test.
 PHASES = ("val", "test")
 

@@ -46,7 +46,7 @@ import requests
 from tqdm import tqdm
 
 from . import __version__
-from .datasets import DATASET_NAMES, DatasetSpec, get_spec
+from .datasets import DATASET_NAMES, SYNTHETIC_MARKER, DatasetSpec, get_spec
 from .paths import Paths, get_paths
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ EVAL_DATA_SIZE = 105_927_616  # bytes
 CHECKPOINT_RECORD_ID = "5875246"
 CHECKPOINT_FILE = "ae-nlb-2021-model-checkpoints.zip"
 #: Marks a dandiset folder written by nlb_ndt.synthetic; real data must not mix with it.
-SYNTHETIC_MARKER = "SYNTHETIC.json"
 # Small enough for a live progress bar and a short loss on a dropped connection,
 # large enough that per-chunk Python overhead is negligible.
 CHUNK_BYTES = 64 * 1024

@@ -644,7 +644,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         })
         _write_json(info_path, info)
         if not resume:
-            (exp_dir / "base_config.yaml").write_text(cfg_text)
+            write_text_atomic(exp_dir / "base_config.yaml", cfg_text)
             _write_json(exp_dir / "search_space.json", to_json(dims))
 
         trainable = tune.with_resources(

@@ -28,8 +28,9 @@ from typing import Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
-from .atomic import atomic_write
-from .datasets import SCALING_DATASETS, SUPPORTED_BIN_MS, check_phase, get_spec
+from .atomic import atomic_write, write_text_atomic
+from .datasets import (SCALING_DATASETS, SUPPORTED_BIN_MS, SYNTHETIC_MARKER, check_phase,
+                       get_spec)
 
 log = logging.getLogger(__name__)
 
@@ -389,8 +390,8 @@ def choose_ensemble(name: str, ranking, *, spikes_heldout: np.ndarray, out_dir: 
                           "member_trial_id": top["trial_id"].to_numpy(),
                           "member_val_ckpt": top["val_ckpt"].to_numpy(),
                           "member_co-bps": top["co-bps"].to_numpy()})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "ensemble.csv", index=False)
+    with atomic_write(out_dir / "ensemble.csv") as tmp:
+        table.to_csv(tmp, index=False)
     choice = {
         "name": name, "max_ensemble": m, "argmax_n": best,
         "argmax_co-bps": float(curve[best - 1]), "chosen_n": chosen, "chosen_by": how,
@@ -400,7 +401,7 @@ def choose_ensemble(name: str, ranking, *, spikes_heldout: np.ndarray, out_dir: 
                      "co-bps": float(r["co-bps"]), "path": r["path"]}
                     for r in members.to_dict("records")],
     }
-    (out_dir / "ensemble.json").write_text(json.dumps(choice, indent=2) + "\n")
+    write_text_atomic(out_dir / "ensemble.json", json.dumps(choice, indent=2) + "\n")
     plots.plot_ensemble_curve(curve, out_dir / "ensemble.png", chosen=chosen, argmax=best,
                               title=f"{name}: ensemble size sweep (val)")
     log.info("%s: best single val co-bps %.4f; top-%d mean %.4f (argmax N=%d); using N=%d",
@@ -419,8 +420,7 @@ def _search_objective(name: str, paths) -> str:
 
 
 def _synthetic(dataset: str, paths) -> bool:
-    spec = get_spec(dataset)
-    return (paths.data_raw / spec.dandiset_id / "SYNTHETIC.json").is_file()
+    return (paths.data_raw / get_spec(dataset).dandiset_id / SYNTHETIC_MARKER).is_file()
 
 
 def make_submission(names: Sequence[str], *, phase: str = "val",

@@ -35,13 +35,13 @@ import numpy as np
 
 from . import _synth_models as models
 from .atomic import atomic_write, write_text_atomic
-from .datasets import DatasetSpec, check_bin_ms, check_phase, get_spec
+from .datasets import SYNTHETIC_MARKER, DatasetSpec, check_bin_ms, check_phase, get_spec
 from .preprocess import BEHAVIOR_FIELDS
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-MARKER = "SYNTHETIC.json"
+MARKER = SYNTHETIC_MARKER
 TRUTH = "synthetic_truth.h5"
 EVAL_DATA_TEST = "eval_data_test.h5"
 #: The six arrays of an NLB submission group.

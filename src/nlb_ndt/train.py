@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_text_atomic
 from .checkpoint import save_checkpoint
 from .ensemble import co_bps
 from .masking import assemble, mask_heldin
@@ -314,7 +314,7 @@ class Trainer:
 
     def _write_records(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.cfg.dump())
+        write_text_atomic(self.run_dir / "config.yaml", self.cfg.dump())
         info = {"trial_id": self.trial_id, "seed": int(self.cfg.SEED),
                 "dataset": self.cfg.DATA.DATASET, "bin_ms": int(self.cfg.DATA.BIN_MS),
                 "device": str(self.device), "n_heldin": self.n_heldin,
@@ -323,7 +323,7 @@ class Trainer:
                 "max_spikes": self.max_spikes,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "versions": library_versions()}
-        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+        write_text_atomic(self.run_dir / "run_info.json", json.dumps(info, indent=2))
 
     def _write_history(self) -> None:
         with atomic_write(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
