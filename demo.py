@@ -45,7 +45,7 @@ def _set_aside_stale(home: Path) -> None:
     """
     import hashlib
 
-    from nlb_ndt.config import TEMPLATE_DIR
+    from nlb_ndt.templates import TEMPLATE_DIR
 
     digest = hashlib.sha256(b"".join((TEMPLATE_DIR / f"{NAME}{ext}").read_bytes()
                                      for ext in (".yaml", ".json"))).hexdigest()
@@ -83,14 +83,17 @@ def _table(rows: list[tuple[str, str, dict]]) -> str:
 def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
     from nlb_ndt import preprocess
     from nlb_ndt.baselines import smoothing_rates
-    from nlb_ndt.config import generate_configs
+    from nlb_ndt.templates import generate_configs
     from nlb_ndt.datasets import PHASES, get_spec
     from nlb_ndt.hyperopt import run_search
     from nlb_ndt.paths import get_paths
-    from nlb_ndt.submission import make_submission
+    from nlb_ndt.plots import plot_rates_vs_truth
+    from nlb_ndt.submission import read_submission
+    from nlb_ndt.submit import make_submission
     from nlb_ndt.synthetic import generate, true_rates
 
     paths = get_paths()
+    group = get_spec(DATASET).group(BIN_MS)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -118,10 +121,15 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
                                   out=out_dir / "best-single-test.h5", paths=paths)
     val = make_submission([NAME], phase="val", overwrite=True, paths=paths)
     test = make_submission([NAME], phase="test", overwrite=True, paths=paths)
+    for result in (val, test):  # the synthetic data knows the truth: show it beside the rates
+        true = true_rates(paths.data_raw, DATASET, phase=result.phase, bin_ms=BIN_MS)
+        result.figures.append(plot_rates_vs_truth(
+            read_submission(result.path)[group], true,
+            result.path.with_name(f"{result.path.stem}.rates.{group}.png"), bin_ms=BIN_MS,
+            title=f"{NAME} ({result.phase}): ensemble of "
+                  f"{result.ensembles[NAME]['chosen_n']} vs true rates, eval trial 0"))
     lap("ranking and submissions")
 
-    spec = get_spec(DATASET)
-    group = spec.group(BIN_MS)
     val_target = str(preprocess.target_path(DATASET, bin_ms=BIN_MS, paths=paths))
     test_target = str(paths.eval_data_test)
     rows = [("val", f"NDT ensemble (N={val.ensembles[NAME]['chosen_n']})",

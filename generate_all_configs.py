@@ -18,7 +18,7 @@ def main(argv=None) -> int:
                         help="replace configs whose content differs from the template")
 
     def body(args) -> int:
-        from nlb_ndt.config import generate_configs, template_names
+        from nlb_ndt.templates import generate_configs, template_names
         from nlb_ndt.paths import get_paths
 
         paths = get_paths()

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     def body(args) -> int:
         from nlb_ndt.evaluation import format_scores
-        from nlb_ndt.submission import make_submission
+        from nlb_ndt.submit import make_submission
 
         result = make_submission(args.names, phase=args.phase,
                                  ensemble_size=_size(args.ensemble_size),

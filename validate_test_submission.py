@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance")
 
     def body(args) -> int:
-        from nlb_ndt.evaluation import format_comparison, validate_released_submission
+        from nlb_ndt.evaluation import format_comparison
+        from nlb_ndt.validate import validate_released_submission
 
         result = validate_released_submission(args.dataset, args.submission,
                                               device=args.device, rtol=args.rtol)

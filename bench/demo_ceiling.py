@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from sklearn.linear_model import Ridge
 
     from nlb_ndt import preprocess
-    from nlb_ndt.ensemble import co_bps
+    from nlb_ndt.metrics import co_bps
     from nlb_ndt.paths import get_paths
     from nlb_ndt.synthetic import true_rates
 

@@ -28,24 +28,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def poisson_arrays(spec, bin_ms: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Val-phase tensors with the dataset's shapes, as preprocess.load_tensors returns."""
-    rng = np.random.default_rng(seed)
-    t_obs, t_fwd = spec.bins(bin_ms)
-    lam = 0.05 * bin_ms / 5  # ~10 Hz
-
-    def counts(n, t, k):
-        return rng.poisson(lam, size=(n, t, k)).astype(np.float32)
-
-    out = {}
-    for prefix, n in (("train", spec.n_train), ("eval", spec.n_val)):
-        out[f"{prefix}_spikes_heldin"] = counts(n, t_obs, spec.n_heldin)
-        out[f"{prefix}_spikes_heldout"] = counts(n, t_obs, spec.n_heldout)
-        out[f"{prefix}_spikes_heldin_forward"] = counts(n, t_fwd, spec.n_heldin)
-        out[f"{prefix}_spikes_heldout_forward"] = counts(n, t_fwd, spec.n_heldout)
-    return out
-
-
 def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int):
     from nlb_ndt.config import load_config
 
@@ -59,11 +41,12 @@ def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int):
 
 def measure(args) -> dict:
     from nlb_ndt.datasets import get_spec
+    from nlb_ndt.testing import poisson_tensors
     from nlb_ndt.train import Trainer
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     spec = get_spec(args.shape)
-    arrays = poisson_arrays(spec, 5)
+    arrays = poisson_tensors(spec, 5)
     cfg = bench_config(args.shape, plain=args.plain, amp=args.amp, epochs=args.epochs + 1)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, run_dir=tmp, device=args.device, arrays=arrays,

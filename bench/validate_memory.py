@@ -35,39 +35,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nlb_ndt.config import get_cfg_defaults
+from nlb_ndt.config import ADDED_KEYS, get_cfg_defaults
 from nlb_ndt.datasets import get_spec
 from nlb_ndt.model import build_model
 from nlb_ndt.paths import get_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "mc_maze"
-# Keys our config added to the original's; a released config does not have them.
-NEW_KEYS = (("MODEL", "FAST_ATTENTION"), ("DATA", "DATASET"), ("DATA", "BIN_MS"),
-            ("SYSTEM", "DEVICE"), ("TRAIN", "LFVE_LEGACY"), ("TRAIN", "VAL_MASK_SEED"),
-            ("TRAIN", "DATA_ON_DEVICE"), ("TRAIN", "AMP"), ("TRAIN", "COMPILE"))
 
 
 def write_tensors(paths, spec, seed: int = 0) -> dict:
     """mc_maze-shaped test-phase tensors where preprocess.load_tensors will find them."""
     from nlb_ndt import preprocess
+    from nlb_ndt.testing import poisson_tensors
 
-    folder = paths.data_raw / spec.folder
     for name in (spec.train_file, spec.test_file):  # placeholders: the cache key's sources
         (paths.data_raw / spec.dandiset_id / name).parent.mkdir(parents=True, exist_ok=True)
         (paths.data_raw / spec.dandiset_id / name).write_bytes(b"placeholder")
-    rng = np.random.default_rng(seed)
-    n_train, n_test = spec.n_train + spec.n_val, spec.n_test
-    t_obs, t_fwd = spec.bins(5)
-    shapes = {"train_spikes_heldin": (n_train, t_obs, spec.n_heldin),
-              "train_spikes_heldout": (n_train, t_obs, spec.n_heldout),
-              "train_spikes_heldin_forward": (n_train, t_fwd, spec.n_heldin),
-              "train_spikes_heldout_forward": (n_train, t_fwd, spec.n_heldout),
-              "eval_spikes_heldin": (n_test, t_obs, spec.n_heldin)}
-    tensors = {k: rng.poisson(0.15, s).astype(np.float32) for k, s in shapes.items()}
-    path = preprocess.tensor_path(DATASET, phase="test", paths=paths)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    preprocess._write_tensors(path, tensors, preprocess._cache_key(spec, "test", 5, folder))
+    tensors = poisson_tensors(spec, 5, phase="test", rate=0.15, seed=seed)
+    tensors = {k: v for k, v in tensors.items() if k.startswith("train") or k == "eval_spikes_heldin"}
+    preprocess.store_tensors(DATASET, tensors, phase="test", paths=paths)
     return tensors
 
 
@@ -78,8 +65,9 @@ def ae_config():
     m.NUM_LAYERS, m.HIDDEN_SIZE, m.EMBED_DIM, m.NUM_HEADS = 4, 128, 0, 2
     m.LEARNABLE_POSITION, m.PRE_NORM, m.FIXUP_INIT, m.TRIAL_LENGTH = True, True, True, 0
     m.CONTEXT_FORWARD, m.CONTEXT_BACKWARD = 50, 50
-    for node, key in NEW_KEYS:
-        del cfg[node][key]
+    for key in ADDED_KEYS:  # a released config does not have the keys we added
+        node, leaf = key.rsplit(".", 1)
+        del cfg[node][leaf]
     cfg.LOG_DIR = "/home/ubuntu/ray_results/logs"  # a training-machine path, as released
     cfg.freeze()
     return cfg
@@ -155,9 +143,9 @@ def main(argv=None) -> int:
     if args.reuse and not args.keep:
         parser.error("--reuse needs --keep DIR")
 
-    from nlb_ndt.ranking import ensemble_rates
+    from nlb_ndt.inference import ensemble_rates
     from nlb_ndt.submission import build_submission, write_submission
-    from nlb_ndt.evaluation import released_members
+    from nlb_ndt.validate import released_members
     from nlb_ndt.paths import PATH_VARIABLES
 
     spec = get_spec(DATASET)
@@ -182,7 +170,7 @@ def main(argv=None) -> int:
             make_s = round(time.perf_counter() - t0, 1)
             del rates, tensors
 
-        baseline = child(["-c", "import nlb_ndt.evaluation, nlb_ndt.ranking, "
+        baseline = child(["-c", "import nlb_ndt.evaluation, nlb_ndt.validate, "
                           "nlb_ndt.checkpoint, nlb_ndt.inference, nlb_ndt.preprocess, torch, "
                           "pandas, h5py"], env)
         run = child([str(ROOT / "validate_test_submission.py"), DATASET, str(sub),

@@ -1,11 +1,15 @@
-"""Mean-of-rates ensembles and the ensemble-size sweep (nlb_ndt.ensemble; pure numpy)."""
+"""Mean-of-rates ensembles, the ensemble-size sweep and greedy selection (nlb_ndt.ensemble)."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from nlb_ndt.ensemble import (RunningMean, choose_size, co_bps, ensemble_curve, mean_rates)
+from nlb_ndt.ensemble import (RunningMean, choose_size, ensemble_curve, greedy_selection,
+                              mean_rates, weighted_mean)
+from nlb_ndt.metrics import co_bps
 
 
 def _truth(seed: int = 0, shape=(40, 30, 12)):
@@ -109,3 +113,179 @@ def test_co_bps_does_not_modify_its_input():
     rates[0, 0, 0] = 0.0
     co_bps(rates, spikes)
     assert rates[0, 0, 0] == 0.0
+
+
+def _ranked(members, spikes):
+    """Members sorted by single val co-bps, best first (the ranking's order)."""
+    return sorted(members, key=lambda m: co_bps(m, spikes), reverse=True)
+
+
+def _gain_member(rates, gain_a: float, gain_b: float):
+    """The true rates scaled by gain_a on neurons 0-1 and gain_b on neurons 2-3."""
+    return (rates * np.array([gain_a, gain_a, gain_b, gain_b])).astype(np.float32)
+
+
+def _counterexample():
+    """Four ranked snapshots where plain forward selection misses the top-3 mean.
+
+    A over-predicts neurons 0-1; B and C err in opposite directions on neurons 2-3 and
+    partly undo A, so A+B+C is nearly unbiased. D under-predicts neurons 0-1 by about
+    A's error, so A+D is the best pair (greedy's step 2), but nothing added to A+D
+    reaches A+B+C.
+    """
+    rates, spikes = _truth(seed=5, shape=(200, 30, 4))
+    s = 0.4
+    members = [_gain_member(rates, 1 + s, 1.0),              # A
+               _gain_member(rates, 1 - s / 2, 1 + 0.9 * s),  # B
+               _gain_member(rates, 1 - s / 2, 1 - 0.9 * s),  # C
+               _gain_member(rates, 1 - 1.3 * s, 1.0)]        # D
+    singles = [co_bps(m, spikes) for m in members]
+    assert singles == sorted(singles, reverse=True)  # A, B, C, D is the ranking
+    return members, spikes
+
+
+def test_greedy_fields_are_consistent_with_its_curve():
+    """Verify curve[k] is the co-bps of the mean of steps[:k+1], and best_n/members/weights."""
+    rates, spikes = _truth(seed=3)
+    members = _ranked(_noisy_members(rates, 6, seed=4), spikes)
+    sel = greedy_selection(members, spikes, max_steps=8)
+    assert len(sel.steps) == 8 and sel.curve.shape == (8,)
+    for k in range(8):
+        mean = mean_rates({"r": members[i]} for i in sel.steps[:k + 1])["r"]
+        assert sel.curve[k] == pytest.approx(co_bps(mean, spikes), abs=1e-9)
+    assert sel.best_n == choose_size(sel.curve)
+    assert sel.members == dict(Counter(sel.steps[:sel.best_n]))
+    weights = sel.weights()
+    assert weights.shape == (6,) and weights.sum() == pytest.approx(1.0)
+    assert np.count_nonzero(weights) == len(sel.members)
+    submission = weighted_mean(({"r": members[i]}, n) for i, n in sel.members.items())["r"]
+    np.testing.assert_allclose(submission, np.tensordot(weights, np.stack(members), axes=1),
+                               rtol=1e-6)
+    assert co_bps(submission, spikes) == pytest.approx(sel.best_cobps, abs=1e-6)
+
+
+def test_greedy_is_at_least_top_n_at_every_size_on_independent_models():
+    """Verify greedy >= top-N at every size where it holds (independent noisy models).
+
+    Per-size dominance is not guaranteed in general (see the counterexample test); on
+    independently noisy models of similar quality it holds, and the best is >= top-N's.
+    """
+    rates, spikes = _truth(seed=3)
+    members = _ranked(_noisy_members(rates, 10, seed=4), spikes)
+    top = ensemble_curve(members, spikes)
+    for init in ("best", "sorted"):
+        sel = greedy_selection(members, spikes, max_steps=10, init=init)
+        assert sel.curve[0] == pytest.approx(top[0], abs=1e-12)
+        assert np.all(sel.curve >= top - 1e-12), init
+        assert sel.best_cobps >= top.max()
+
+
+def test_greedy_repeats_an_accurate_snapshot_among_biased_ones():
+    """Verify that the best snapshot enters several times and beats every top-N mean.
+
+    The best snapshot under-predicts by 10 %, the others over-predict by 30-60 %; the
+    unbiased mix is about three parts best to one part of the 30 % one, which only a
+    selection with replacement can make.
+    """
+    rates, spikes = _truth(seed=7, shape=(100, 30, 12))
+    rng = np.random.default_rng(8)
+    noisy = [(rates * gain * np.exp(0.05 * rng.standard_normal(rates.shape)))
+             .astype(np.float32) for gain in (0.9, 1.3, 1.4, 1.5, 1.6)]
+    members = _ranked(noisy, spikes)
+    assert members[0] is noisy[0]
+    top = ensemble_curve(members, spikes)
+    for init in ("best", "sorted"):
+        sel = greedy_selection(members, spikes, max_steps=6, init=init)
+        assert sel.members[0] >= 2, init
+        assert sel.best_cobps > top.max() + 1e-3, init
+
+
+def test_plain_forward_selection_can_fall_below_top_n_but_sorted_init_cannot():
+    """Verify the documented guarantees on a counterexample built for plain greedy.
+
+    init="best" takes A+D at step 2 (>= top-2, as guaranteed), then is below top-3 at
+    size 3 and its best never reaches top-3; init="sorted" starts from the top-3 prefix
+    and so keeps an ensemble at least as good as the best top-N.
+    """
+    members, spikes = _counterexample()
+    top = ensemble_curve(members, spikes)
+    assert choose_size(top) == 3
+    plain = greedy_selection(members, spikes, max_steps=4, init="best")
+    assert plain.steps[:2] == [0, 3] and plain.init_size == 0
+    assert plain.curve[0] == pytest.approx(top[0], abs=1e-12)
+    assert plain.curve[1] >= top[1]
+    assert plain.curve[2] < top[2] - 1e-3
+    assert plain.best_cobps < top.max()
+    sorted_init = greedy_selection(members, spikes, max_steps=4)
+    assert sorted_init.init_size == 3 and sorted_init.steps[:3] == [0, 1, 2]
+    np.testing.assert_array_equal(sorted_init.curve[:3], top[:3])
+    assert sorted_init.best_cobps >= top.max()
+    assert len(sorted_init.steps) == 4
+
+
+def test_greedy_best_init_starts_from_the_best_single_even_if_misranked():
+    """Verify init="best" starts from the argmax single co-bps, not blindly index 0."""
+    rates, spikes = _truth(seed=3)
+    members = _ranked(_noisy_members(rates, 5, seed=4), spikes)[::-1]  # worst first
+    sel = greedy_selection(members, spikes, max_steps=2, init="best")
+    assert sel.steps[0] == 4
+    assert sel.curve[0] == pytest.approx(co_bps(members[4], spikes), abs=1e-12)
+
+
+def test_greedy_on_memmaps_equals_in_memory(tmp_path):
+    """Verify that memmapped candidates give exactly the in-memory result."""
+    rates, spikes = _truth(seed=3)
+    members = _ranked(_noisy_members(rates, 5, seed=4), spikes)
+    maps = []
+    for i, m in enumerate(members):
+        np.save(tmp_path / f"m{i}.npy", m)
+        maps.append(np.load(tmp_path / f"m{i}.npy", mmap_mode="r"))
+    assert isinstance(maps[0], np.memmap)
+    for init in ("best", "sorted"):
+        in_memory = greedy_selection(members, spikes, max_steps=6, init=init)
+        mapped = greedy_selection(maps, spikes, max_steps=6, init=init)
+        assert mapped.steps == in_memory.steps
+        np.testing.assert_array_equal(mapped.curve, in_memory.curve)
+        assert (mapped.best_n, mapped.members) == (in_memory.best_n, in_memory.members)
+
+
+def test_greedy_ties_take_the_lowest_index_deterministically():
+    """Verify that exact duplicates never displace the first copy, run after run."""
+    rates, spikes = _truth(seed=3)
+    a, b = _ranked(_noisy_members(rates, 2, seed=4), spikes)
+    members = [a, a.copy(), b, b.copy()]
+    first = greedy_selection(members, spikes, max_steps=6, init="best")
+    assert set(first.steps) <= {0, 2}
+    again = greedy_selection(members, spikes, max_steps=6, init="best")
+    assert again.steps == first.steps
+    np.testing.assert_array_equal(again.curve, first.curve)
+    flat = np.array([0.2, 0.3, 0.3, 0.1])
+    assert choose_size(flat) == 2  # the curve's ties also go to the earliest prefix
+
+
+def test_greedy_rejects_bad_arguments():
+    """Verify the argument checks: steps, init, shapes (named by index), no candidates."""
+    rates, spikes = _truth()
+    members = _noisy_members(rates, 3)
+    with pytest.raises(ValueError, match="max_steps"):
+        greedy_selection(members, spikes, max_steps=0)
+    with pytest.raises(ValueError, match="init"):
+        greedy_selection(members, spikes, max_steps=2, init="random")
+    with pytest.raises(ValueError, match="candidate 1"):
+        greedy_selection([members[0], members[1][:, :-1]], spikes, max_steps=2, init="best")
+    with pytest.raises(ValueError, match="no candidates"):
+        greedy_selection([], spikes, max_steps=2)
+
+
+def test_weighted_mean_equals_mean_of_repeated_members():
+    """Verify weighted_mean with counts equals mean_rates over the repeated list."""
+    members = _noisy_members(_truth()[0], 3)
+    dicts = [{"r": m, "q": m[:2]} for m in members]
+    counts = [3, 1, 2]
+    repeated = mean_rates(d for d, c in zip(dicts, counts) for _ in range(c))
+    weighted = weighted_mean(zip(dicts, counts))
+    for key in ("r", "q"):
+        assert weighted[key].dtype == np.float32
+        np.testing.assert_allclose(weighted[key], repeated[key], rtol=1e-6)
+    with pytest.raises(ValueError, match="count"):
+        weighted_mean([(dicts[0], 0)])

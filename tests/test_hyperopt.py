@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from yacs.config import CfgNode as CN
 
-from nlb_ndt.config import TEMPLATE_DIR, generate_configs, load_config, template_names
+from nlb_ndt.config import load_config
+from nlb_ndt.templates import TEMPLATE_DIR, generate_configs, template_names
 from nlb_ndt.search_space import load_search_space, parse_search_space
 
 hyperopt = pytest.importorskip("nlb_ndt.hyperopt")
@@ -289,7 +290,7 @@ def test_run_search_bin_ms_is_its_own_run_end_to_end(ray_env):
     import h5py
 
     from nlb_ndt.datasets import get_spec
-    from nlb_ndt.submission import make_submission
+    from nlb_ndt.submit import make_submission
 
     paths, temp_dir = ray_env
     summary = _search(paths, temp_dir, samples=1, bin_ms=5)

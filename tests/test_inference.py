@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nlb_ndt.config import get_cfg_defaults
-from nlb_ndt.inference import SUBMISSION_KEYS, predict_rates, split_rates, submission_rates
+from nlb_ndt.datasets import RATE_KEYS as SUBMISSION_KEYS
+from nlb_ndt.inference import predict_rates, split_rates, submission_rates
 from nlb_ndt.model import build_model
 
 N_IN, N_OUT, T_OBS, T_FWD, MAX_SPIKES = 5, 2, 10, 3, 4

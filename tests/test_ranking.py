@@ -112,7 +112,7 @@ def search(synthetic_home, tmp_path_factory):
 def test_rank_snapshots_orders_by_cobps_with_metrics_and_hyperparameters(search):
     """Verify that models.csv ranks every snapshot by val co-bps computed independently."""
     from nlb_ndt.checkpoint import load_model
-    from nlb_ndt.ensemble import co_bps
+    from nlb_ndt.metrics import co_bps
     from nlb_ndt.inference import predict_rates
     from nlb_ndt.ranking import rank_snapshots, read_ranking
 
@@ -159,7 +159,7 @@ def test_rank_snapshots_rescores_only_new_or_changed(search):
 def test_make_submission_val_picks_argmax_and_file_passes_evaluate(search, capsys):
     """Verify that the val phase uses the argmax N, beats the best single snapshot, and that
     the saved scores are nlb_tools' evaluate() of the file on disk."""
-    from nlb_ndt.ensemble import co_bps
+    from nlb_ndt.metrics import co_bps
     from nlb_ndt.submission import read_submission
 
     code = load_script("make_submission").main([NAME, "--phase", "val", "--max-ensemble", "6"])
@@ -206,7 +206,7 @@ def test_make_submission_refuses_to_overwrite(search, capsys):
 def test_make_submission_test_phase_scored_against_ground_truth(search):
     """Verify that the test phase averages test-trial rates and scores against eval_data_test.h5."""
     from nlb_ndt import preprocess
-    from nlb_ndt.submission import make_submission
+    from nlb_ndt.submit import make_submission
 
     result = make_submission([NAME], phase="test", ensemble_size=2, device="cpu")
     assert result.path.name == "submission-test.h5"
@@ -224,7 +224,7 @@ def test_make_submission_test_phase_scored_against_ground_truth(search):
 
 def test_make_submission_marks_test_phase_unscored_without_ground_truth(search, tmp_path):
     """Verify that without ground truth the file is written and clearly marked unscored."""
-    from nlb_ndt.submission import make_submission
+    from nlb_ndt.submit import make_submission
 
     result = make_submission([NAME], phase="test", out=tmp_path / "t.h5",
                              ground_truth=tmp_path / "missing.h5", device="cpu")
@@ -237,7 +237,7 @@ def test_make_submission_marks_test_phase_unscored_without_ground_truth(search, 
 def test_find_snapshots_leaves_out_smoke_tests_unless_alone(tmp_path):
     """Verify that smoke-test experiments are ranked only when the run has nothing else."""
     from nlb_ndt.paths import get_paths
-    from nlb_ndt.ranking import find_snapshots
+    from nlb_ndt.runs import find_snapshots
 
     paths = get_paths({"NLB_HOME": str(tmp_path)})
     root = paths.ray_tune_home / "run"

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from fake_services import FakeServices
 
-from nlb_ndt import download
-from nlb_ndt.config import template_names
+from nlb_ndt import download, fetch
+from nlb_ndt.templates import template_names
 from nlb_ndt.datasets import DATASET_NAMES, get_spec
 from nlb_ndt.paths import get_paths
 
@@ -372,7 +372,7 @@ def test_readme_tables_match_the_source():
     defaults.update({var: f"$NLB_HOME/{Path(value).relative_to(home)}"
                      for var, value in get_paths({"NLB_HOME": str(home)}).as_env().items()
                      if var != "NLB_HOME"})
-    policy = download.RetryPolicy.from_env({})
+    policy = fetch.RetryPolicy.from_env({})
     defaults.update({
         "NLB_DANDI_API_URL": download.DEFAULT_DANDI_API_URL,
         "NLB_ZENODO_API_URL": download.DEFAULT_ZENODO_API_URL,

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from nlb_ndt.config import TEMPLATE_DIR, get_cfg_defaults, template_names
+from nlb_ndt.config import get_cfg_defaults
+from nlb_ndt.templates import TEMPLATE_DIR, template_names
 from nlb_ndt.search_space import (Dimension, SearchSpaceError, load_search_space,
                                   parse_search_space, to_json)
 

@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
-from nlb_ndt.datasets import get_spec
+from nlb_ndt.datasets import RATE_KEYS, get_spec, parse_group
 from nlb_ndt.evaluation import (compare_outputs, format_comparison, format_scores,
                                 score_submission)
-from nlb_ndt.submission import (RATE_KEYS, SubmissionError, build_submission, group_shapes,
-                                parse_group, read_submission, trial_counts, write_submission)
+from nlb_ndt.submission import (SubmissionError, build_submission, group_shapes, read_submission,
+                                trial_counts, write_submission)
 
 N_TRAIN, N_EVAL = 12, 6
 

@@ -10,7 +10,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from nlb_ndt import _synth_models, synthetic
-from nlb_ndt.datasets import get_spec
+from nlb_ndt.datasets import RATE_KEYS, get_spec
 
 SPEC = get_spec("mc_maze_small")
 
@@ -104,7 +104,7 @@ def test_synthetic_true_rates_match_spikes(synthetic_home):
     paths = get_paths({"NLB_HOME": str(synthetic_home)})
     tensors = preprocess.load_tensors("mc_maze_small", phase="val", paths=paths)
     rates = synthetic.true_rates(synthetic_home / "raw", "mc_maze_small", phase="val")
-    assert set(rates) == set(synthetic.SUBMISSION_KEYS)
+    assert set(rates) == set(RATE_KEYS)
     assert all(v.dtype == np.float32 for v in rates.values())
     for kind in ("heldin", "heldout"):
         spikes = tensors[f"train_spikes_{kind}"].sum(axis=(0, 1))

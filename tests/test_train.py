@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from nlb_ndt.checkpoint import load_model
 from nlb_ndt.config import load_config
-from nlb_ndt.train import SNAPSHOT_KINDS, train_model
+from nlb_ndt.runs import SNAPSHOT_KINDS
+from nlb_ndt.train import train_model
 
 from pathlib import Path
 
@@ -29,7 +28,7 @@ def test_train_short_run_learns_and_beats_smoothing(nlb_env, tmp_path):
     """Verify that a short CPU training reaches val co-bps well above 0 and above smoothing."""
     from nlb_ndt import preprocess
     from nlb_ndt.baselines import smoothing_rates
-    from nlb_ndt.ensemble import co_bps
+    from nlb_ndt.metrics import co_bps
 
     cfg = synthetic_cfg(**{"TRAIN.NUM_UPDATES": 150, "TRAIN.VAL_INTERVAL": 10})
     final = train_model(cfg, run_dir=tmp_path / "run", trial_id="t0", device="cpu")

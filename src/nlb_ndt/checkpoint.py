@@ -29,10 +29,9 @@ Loading never creates the directories a legacy config names (the original's load
 from __future__ import annotations
 
 import collections
-import importlib.metadata
+import hashlib
 import logging
 import pickle
-import platform
 import types
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,8 +40,10 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from nlb_ndt.atomic import atomic_write
-from nlb_ndt.config import get_cfg_defaults
+from .atomic import atomic_write
+from .config import coerce_to_default, get_cfg_defaults
+from .model import build_model
+from .runtime import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +137,14 @@ def read_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
     return dict(data)
 
 
-def _versions() -> dict[str, str]:
-    try:
-        ours = importlib.metadata.version("nlb-ndt")
-    except importlib.metadata.PackageNotFoundError:
-        ours = "unknown"
-    return {"nlb_ndt": ours, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha1 of a model's state dict (names, dtypes, shapes and values), to spot copies."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: CfgNode,
@@ -189,39 +191,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: CfgNode,
     record["metrics"] = {str(k): float(v) for k, v in (info.get("metrics") or {}).items()}
     versions = info.get("versions")
     record["versions"] = {str(k): str(v) for k, v in
-                          (versions if versions is not None else _versions()).items()}
+                          (versions if versions is not None else library_versions()).items()}
 
     path = Path(path)
     with atomic_write(path) as tmp:  # readers never see a half-written snapshot
         torch.save(record, tmp)
     return path
-
-
-def _coerce(value: Any, default: Any) -> tuple[bool, Any]:
-    """`value` converted to the type of `default`, or (False, None) when they clash."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(default, bool):
-        return (True, value) if isinstance(value, bool) else (False, None)
-    if isinstance(default, int):
-        if isinstance(value, bool):
-            return False, None
-        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-            return True, int(value)
-        return False, None
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        return False, None
-    if isinstance(default, str):
-        return (True, value) if isinstance(value, str) else (False, None)
-    if isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return True, type(default)(value)
-        return False, None
-    return (True, value) if type(value) is type(default) else (False, None)
 
 
 def _merge_known(node: CfgNode, other: Mapping[str, Any], prefix: str = "") -> None:
@@ -244,10 +219,11 @@ def _merge_known(node: CfgNode, other: Mapping[str, Any], prefix: str = "") -> N
                 logger.warning("checkpoint config: %s is %r, expected a section; "
                                "keeping the default", name, value)
             continue
-        ok, coerced = _coerce(value, current)
-        if ok:
-            node[key] = coerced
-        else:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        try:
+            node[key] = coerce_to_default(value, current, key=name)
+        except TypeError:
             logger.warning("checkpoint config: %s=%r does not fit the type of its default "
                            "%r; keeping the default", name, value, current)
 
@@ -327,7 +303,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
         FileNotFoundError, UnsafeCheckpointError, ValueError (see `read_checkpoint`;
         also: a newer format version, or weights that do not fit the stored config).
     """
-    from nlb_ndt.model import build_model  # torch-heavy; imported only when needed
 
     path = Path(path)
     device = torch.device(device)

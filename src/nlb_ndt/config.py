@@ -11,12 +11,15 @@ search must already be native `int` / `float`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from yacs.config import CfgNode as CN
 
-from .atomic import write_text_atomic
+from .datasets import get_spec
+
+log = logging.getLogger(__name__)
 
 _C = CN()
 _C.SEED = 100  # base random seed (python, numpy, torch); a search derives one per trial
@@ -98,6 +101,7 @@ _C.TRAIN.LR.SCHEDULER = "cosine"  # linear warmup then half-cosine to 0 at NUM_U
 _C.TRAIN.LR.WARMUP = 1000  # warmup length in epochs
 _C.TRAIN.WEIGHT_DECAY = 0.0  # AdamW decoupled weight decay (on every parameter, as the original)
 _C.TRAIN.EPS = 1e-8  # AdamW epsilon
+_C.TRAIN.OPTIMIZER = "adamw"  # "adamw" (torch.optim.AdamW) or "adamw_legacy" (the original's arithmetic)
 _C.TRAIN.PATIENCE = 750  # stop when the best masked val loss is this many epochs old
 _C.TRAIN.CHECKPOINT_INTERVAL = 1000  # epochs between resumable state saves
 _C.TRAIN.LOG_INTERVAL = 50  # epochs between progress log lines
@@ -112,6 +116,35 @@ _C.TRAIN.VAL_MASK_SEED = 0  # seed of the fixed validation mask (the original re
 _C.TRAIN.DATA_ON_DEVICE = True  # keep the whole dataset on the device (no per-batch copies)
 _C.TRAIN.AMP = True  # bf16 autocast in training where bf16 is native (CUDA; AVX512-BF16/AMX CPUs)
 _C.TRAIN.COMPILE = False  # torch.compile the model (CUDA only)
+
+
+# --- Inert keys ---------------------------------------------------------------------
+# The original's configs carry these keys, so they stay loadable (templates, checkpoints),
+# but nothing here reads them. A run that sets one away from its default is told so.
+INERT_KEYS: dict[str, str] = {
+    "DATA.DATAPATH": "tensors are read from NDT_CACHE_DIR",
+    "DATA.TRAIN_FILENAME": "cache files are named after the dataset and bin size",
+    "DATA.VAL_FILENAME": "the val split is inside the training cache file",
+    "DATA.TEST_FILENAME": "cache files are named after the dataset and bin size",
+    "DATA.OVERFIT_TEST": "a debugging switch of the original",
+    "DATA.LOG_EPSILON": "NLB has no ground-truth rates to take logs of",
+    "SYSTEM.NUM_GPUS": "one model per trial; use run_hyperopt.py --gpus-per-trial",
+    "SYSTEM.GPU_AUTO_ASSIGN": "Ray assigns GPUs to trials; use SYSTEM.DEVICE for one run",
+    "MODEL.UNMASKED_LOSS_SCALE": "deprecated in the original",
+    "MODEL.MAX_SPIKE_COUNT": "only the Poisson loss is supported",
+    "MODEL.REQUIRES_RATES": "NLB has no ground-truth rates",
+    "MODEL.SPIKE_LOG_INIT": "not supported",
+    "TRAIN.DO_R2": "NLB has no ground-truth rates; co-bps is computed instead",
+    "TRAIN.TUNE_EPOCHS_PER_GENERATION": "trials report after every validation",
+    "TRAIN.TUNE_WARMUP": "not used by the Bayesian search",
+    "TRAIN.TUNE_METRIC": "use run_hyperopt.py --objective",
+    "LOG_DIR": "each run logs to trial.log / train.log in its own folder",
+}
+
+#: Keys the original did not have; its checkpoints and configs get these defaults.
+ADDED_KEYS = ("SYSTEM.DEVICE", "DATA.DATASET", "DATA.BIN_MS", "MODEL.FAST_ATTENTION", "TRAIN.LFVE_LEGACY",
+              "TRAIN.VAL_MASK_SEED", "TRAIN.DATA_ON_DEVICE", "TRAIN.AMP", "TRAIN.COMPILE",
+              "TRAIN.OPTIMIZER")
 
 
 def get_cfg_defaults() -> CN:
@@ -159,23 +192,42 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of `flatten`."""
-    nested: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = nested
-        *parents, leaf = name.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
+def coerce_to_default(value: Any, default: Any, *, key: str = "value") -> Any:
+    """`value` as the type of the key's `default`, the one rule for every merge.
+
+    yacs merges only values of the default's type. Search points, command-line values and
+    old checkpoints arrive as numpy scalars, 0-d tensors or ints for float keys, so they
+    are converted here: an int (or a whole float, 3.0) fits an int key, any real number a
+    float key, a bool only a bool key; lists fit lists and tuples. Anything else raises a
+    TypeError naming the key.
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # numpy scalar or 0-d tensor
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = number and float(value).is_integer()
+        value = int(value) if ok else value
+    elif isinstance(default, float):
+        ok = number
+        value = float(value) if ok else value
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        value = type(default)(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise TypeError(f"{key}={value!r} does not fit the type of its default "
+                        f"{default!r} ({type(default).__name__})")
+    return value
 
 
 def apply_overrides(cfg: CN, overrides: Mapping[str, Any]) -> CN:
     """A copy of `cfg` with dotted-key overrides (e.g. sampled hyperparameters) merged in.
 
-    Values are coerced to the type of the default, so a float-valued search point for an
-    int key (or numpy scalars) merges cleanly; unknown keys raise KeyError.
+    Values go through `coerce_to_default`; unknown keys raise KeyError, values of the wrong
+    type TypeError.
     """
     out = cfg.clone()
     out.defrost()
@@ -183,140 +235,54 @@ def apply_overrides(cfg: CN, overrides: Mapping[str, Any]) -> CN:
         node = out
         *parents, leaf = name.split(".")
         for p in parents:
-            if p not in node:
+            if p not in node or not isinstance(node[p], CN):
                 raise KeyError(f"unknown config key {name!r}")
             node = node[p]
-        if leaf not in node:
+        if leaf not in node or isinstance(node[leaf], CN):
             raise KeyError(f"unknown config key {name!r}")
-        default = node[leaf]
-        if isinstance(default, bool):
-            value = bool(value)
-        elif isinstance(default, int):
-            value = int(round(float(value)))
-        elif isinstance(default, float):
-            value = float(value)
-        node[leaf] = value
+        node[leaf] = coerce_to_default(value, node[leaf], key=name)
     return out
 
 
-# --- Templates -> rendered configs (generate_all_configs.py) -------------------------------
-
-#: configs/templates/ of this checkout: <name>.yaml (fixed overrides) and <name>.json
-#: (search space).
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "configs" / "templates"
-
-_RENDER_HEADER = (
-    "# Rendered from configs/templates/{name}.yaml by generate_all_configs.py, with this\n"
-    "# machine's paths. Edit freely: generate_all_configs.py never replaces an edited file\n"
-    "# unless given --overwrite. Keys and units: nlb_ndt/config.py.\n"
-)
+def config_value(cfg: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted `key` ("TRAIN.LR.INIT"); KeyError when there is none."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(f"unknown config key {key!r}")
+        node = node[part]
+    return node
 
 
-def template_names(template_dir: str | Path | None = None) -> list[str]:
-    """Names of the templates (run names: the seven datasets and "synthetic"), sorted."""
-    template_dir = Path(template_dir or TEMPLATE_DIR)
-    return sorted(p.stem for p in template_dir.glob("*.yaml"))
+def inert_settings(cfg: CN, *, ndt_cache_dir: Path | None = None) -> list[str]:
+    """One message per inert key that `cfg` sets away from its default.
 
-
-def _check_template(path: Path) -> CN:
-    """Defaults merged with one template; errors name the file (and yacs names the key)."""
-    try:
-        return load_config(path, freeze=False)
-    except ValueError as exc:  # yacs type mismatch, e.g. 5 given for a float key
-        raise ValueError(f"{path}: {exc}") from None
-
-
-def render_config(name: str, *, paths: Any = None,
-                  template_dir: str | Path | None = None) -> tuple[str, str]:
-    """The rendered YAML and JSON texts of template `name`.
-
-    The YAML is the template's keys plus the resolved paths (DATA.DATAPATH =
-    NDT_CACHE_DIR, CHECKPOINT_DIR, TRAIN.TUNE_HP_JSON = CONFIG_DIR/<name>.json); the JSON
-    is the template's search space, checked. Unknown keys in either raise an error naming
-    the key and the file.
-
-    Args:
-        name: template (run) name, e.g. "mc_maze" or "synthetic".
-        paths: a `nlb_ndt.paths.Paths` (default: `get_paths()`).
-        template_dir: where the templates are (default: TEMPLATE_DIR).
+    These keys are read from the original's configs but change nothing here (see INERT_KEYS
+    for what to use instead). DATA.DATAPATH counts only when it differs from the tensor
+    cache in use, and the file names only when they are not the dataset's own names,
+    since generate_all_configs.py writes those.
     """
-    import yaml
-
-    from .datasets import get_spec
-    from .paths import get_paths
-    from .search_space import load_search_space
-
-    paths = paths or get_paths()
-    template_dir = Path(template_dir or TEMPLATE_DIR)
-    yaml_path = template_dir / f"{name}.yaml"
-    json_path = template_dir / f"{name}.json"
-    if not yaml_path.is_file():
-        raise FileNotFoundError(f"no template {yaml_path}; templates: "
-                                f"{', '.join(template_names(template_dir)) or 'none'}")
-    cfg = _check_template(yaml_path)
-    spec = get_spec(cfg.DATA.DATASET)
-    group = spec.group(cfg.DATA.BIN_MS)
-    for key, phase in (("TRAIN_FILENAME", "train"), ("VAL_FILENAME", "train"),
-                       ("TEST_FILENAME", "test")):
-        expected = f"{group}_{phase}.h5"
-        if cfg.DATA[key] != expected:
-            raise ValueError(f"{yaml_path}: DATA.{key} is {cfg.DATA[key]!r} but the data "
-                             f"stage writes {expected!r} for {spec.name} at "
-                             f"{cfg.DATA.BIN_MS} ms")
-    load_search_space(json_path, cfg)  # raises naming the key and the file
-
-    data = yaml.safe_load(yaml_path.read_text()) or {}
-    data["CHECKPOINT_DIR"] = str(paths.checkpoint_dir)
-    data.setdefault("DATA", {})["DATAPATH"] = str(paths.ndt_cache_dir)
-    data.setdefault("TRAIN", {})["TUNE_HP_JSON"] = str(paths.config_dir / f"{name}.json")
-    yaml_text = _RENDER_HEADER.format(name=name) + yaml.safe_dump(
-        data, sort_keys=False, default_flow_style=False)
-    return yaml_text, json_path.read_text()
+    defaults = get_cfg_defaults()
+    messages = []
+    for key, instead in INERT_KEYS.items():
+        value, default = config_value(cfg, key), config_value(defaults, key)
+        if value == default:
+            continue
+        if key == "DATA.DATAPATH" and ndt_cache_dir is not None and \
+                Path(str(value)).expanduser().resolve() == Path(ndt_cache_dir).resolve():
+            continue
+        if key.endswith("_FILENAME"):
+            group = get_spec(cfg.DATA.DATASET).group(cfg.DATA.BIN_MS)
+            phase = "test" if key == "DATA.TEST_FILENAME" else "train"
+            if value == f"{group}_{phase}.h5":
+                continue
+        messages.append(f"{key}={value!r} has no effect here: {instead}")
+    return messages
 
 
-def generate_configs(names: Iterable[str], out_dir: str | Path, *, overwrite: bool = False,
-                     paths: Any = None,
-                     template_dir: str | Path | None = None) -> list[tuple[Path, str]]:
-    """Render templates into `out_dir` as <name>.yaml and <name>.json.
-
-    An existing file is never silently replaced: identical content is left alone
-    ("unchanged"); different content (e.g. a user's edits) is kept ("kept", with a
-    warning) unless `overwrite` ("overwritten"). Every template is checked before any
-    file is written, so a bad template writes nothing.
-
-    Args:
-        names: template names (see `template_names()`).
-        out_dir: destination folder (normally `paths.config_dir`); created if needed.
-        overwrite: replace files whose content differs.
-        paths: `nlb_ndt.paths.Paths` whose directories go into the configs.
-        template_dir: where the templates are (default: TEMPLATE_DIR).
-
-    Returns:
-        [(file, status)] with status "written", "unchanged", "kept" or "overwritten".
-    """
-    import logging
-
-    log = logging.getLogger(__name__)
-    out_dir = Path(out_dir)
-    rendered = [(name, render_config(name, paths=paths, template_dir=template_dir))
-                for name in names]
-    log.info("rendering %d template(s) into %s", len(rendered), out_dir)
-    report: list[tuple[Path, str]] = []
-    for name, texts in rendered:
-        for suffix, text in zip((".yaml", ".json"), texts):
-            path = out_dir / f"{name}{suffix}"
-            if not path.exists():
-                status = "written"
-            elif path.read_text() == text:
-                status = "unchanged"
-            elif overwrite:
-                status = "overwritten"
-                log.warning("overwriting %s (--overwrite)", path)
-            else:
-                status = "kept"
-                log.warning("%s differs from its template (edited?); kept. Re-run with "
-                            "--overwrite to replace it", path)
-            if status in ("written", "overwritten"):
-                write_text_atomic(path, text)
-            report.append((path, status))
-    return report
+def warn_inert_settings(cfg: CN, *, ndt_cache_dir: Path | None = None) -> list[str]:
+    """Log `inert_settings` as warnings (once per key); returns the messages."""
+    messages = inert_settings(cfg, ndt_cache_dir=ndt_cache_dir)
+    for message in messages:
+        log.warning("%s", message)
+    return messages

@@ -15,6 +15,20 @@ SUPPORTED_BIN_MS = (5, 20)
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 #: NLB's evaluation phases: val (held-out part of the train file) and test.
 PHASES = ("val", "test")
+#: The six rate arrays of a submission group, in nlb_tools' order (spikes per bin).
+RATE_KEYS = (
+    "train_rates_heldin",
+    "train_rates_heldout",
+    "eval_rates_heldin",
+    "eval_rates_heldout",
+    "eval_rates_heldin_forward",
+    "eval_rates_heldout_forward",
+)
+#: Behaviour series of the NLB files. Only the one a dataset's targets decode is loaded;
+#: the rest would cost memory at 1 ms (mc_maze) and nothing here uses them.
+BEHAVIOR_FIELDS = ("hand_vel", "hand_pos", "cursor_pos", "eye_pos", "finger_vel",
+                   "finger_pos", "target_pos", "force", "muscle_len", "muscle_vel",
+                   "joint_ang", "joint_vel")
 
 
 class UnknownDatasetError(ValueError):
@@ -172,3 +186,11 @@ def check_phase(phase: str) -> str:
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {', '.join(PHASES)}, not {phase!r}")
     return phase
+
+
+def parse_group(group: str) -> tuple[str, int]:
+    """A submission group name -> (dataset, bin_ms): "mc_maze_20" -> ("mc_maze", 20)."""
+    for bin_ms in SUPPORTED_BIN_MS:
+        if bin_ms != 5 and group.endswith(f"_{bin_ms}"):
+            return get_spec(group[: -len(f"_{bin_ms}")]).name, bin_ms
+    return get_spec(group).name, 5

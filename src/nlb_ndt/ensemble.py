@@ -1,10 +1,11 @@
 """Mean-of-rates ensembles and the choice of ensemble size. Pure numpy; touches no files.
 
 AESMTE3 averages the (already exponentiated) rates of the top-N snapshots, ranked by
-validation co-bps (original_pipeline.md §6.2). Its N came from a curve of ensemble co-bps
-against N that had a bug (§10 #4); here the curve is rebuilt exactly as described, the
+validation co-bps. Its N came from a curve of ensemble co-bps against N that had a bug
+(see approach.md, 'Known bugs of the original'); here the curve is rebuilt exactly as described, the
 mean of the top N for N = 1..M scored with nlb_tools' `bits_per_spike`, and the argmax
-is chosen.
+is chosen. `greedy_selection` is the alternative from Caruana et al. (2004): forward
+selection with replacement, whose best prefix is a weighted mean (`weighted_mean`).
 
 Rates are in spikes per bin throughout. Sums are accumulated in float64 and the mean is
 cast to float32 (what the submission file stores), so the curve's value at N is exactly
@@ -13,9 +14,15 @@ the co-bps of the N-member submission, however the members are streamed.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from .metrics import co_bps
+
+logger = logging.getLogger(__name__)
 
 
 class RunningMean:
@@ -30,8 +37,14 @@ class RunningMean:
         self._sums: dict[str, np.ndarray] = {}
         self.count = 0
 
-    def add(self, rates: Mapping[str, np.ndarray]) -> None:
-        """Add one member's rates (same keys and shapes as every other member)."""
+    def add(self, rates: Mapping[str, np.ndarray], count: int = 1) -> None:
+        """Add one member's rates (same keys and shapes as every other member).
+
+        `count` adds the member that many times (a member picked more than once by
+        greedy selection) without the caller passing, or a model computing, it again.
+        """
+        if count < 1:
+            raise ValueError(f"an ensemble member's count must be >= 1, not {count}")
         if self.count and set(rates) != set(self._sums):
             raise ValueError(
                 f"ensemble member has arrays {sorted(rates)}; earlier members had "
@@ -40,12 +53,17 @@ class RunningMean:
             value = np.asarray(value)
             if not self.count:
                 self._sums[key] = value.astype(np.float64)  # a copy, never the member's array
+                if count != 1:
+                    self._sums[key] *= count
                 continue
             if value.shape != self._sums[key].shape:
                 raise ValueError(f"ensemble member's {key} has shape {value.shape}; "
                                  f"earlier members had {self._sums[key].shape}")
-            self._sums[key] += value
-        self.count += 1
+            if count == 1:
+                self._sums[key] += value
+            else:
+                self._sums[key] += count * value.astype(np.float64)
+        self.count += count
 
     def mean(self) -> dict[str, np.ndarray]:
         """The float32 mean of the members added so far."""
@@ -60,20 +78,6 @@ def mean_rates(members: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndar
     for member in members:
         running.add(member)
     return running.mean()
-
-
-def co_bps(rates: np.ndarray, spikes: np.ndarray) -> float:
-    """Co-smoothing bits per spike (nlb_tools' formula; NaN spikes are ignored).
-
-    Args:
-        rates: (trials, bins, held-out neurons) predicted rates, spikes per bin.
-        spikes: the same shape, observed held-out counts (NaN where unscored).
-    """
-    from nlb_tools.evaluation import bits_per_spike
-
-    # bits_per_spike replaces zero rates in place, so it only ever sees a copy.
-    return float(bits_per_spike(np.array(rates, dtype=np.float64),
-                                np.asarray(spikes, dtype=np.float64)))
 
 
 def ensemble_curve(ranked_heldout: Iterable[np.ndarray], eval_spikes_heldout: np.ndarray,
@@ -117,3 +121,186 @@ def choose_size(curve: np.ndarray) -> int:
     if curve.size == 0 or np.all(np.isnan(curve)):
         raise ValueError("the ensemble curve has no finite value to choose from")
     return int(np.nanargmax(curve)) + 1
+
+
+def weighted_mean(members: Iterable[tuple[Mapping[str, np.ndarray], int]]
+                  ) -> dict[str, np.ndarray]:
+    """The float32 mean of rate dicts, each counted `count` times.
+
+    A greedy ensemble can hold one snapshot several times; the caller runs each distinct
+    snapshot once and passes `(rates, count)`, which gives the mean of the multiset
+    without a second forward pass.
+
+    Args:
+        members: `(rates, count)` pairs; every `rates` has the same keys and shapes
+            (e.g. (trials, bins, neurons) per key), `count` >= 1.
+    """
+    running = RunningMean()
+    for rates, count in members:
+        running.add(rates, count=count)
+    return running.mean()
+
+
+@dataclass(frozen=True)
+class GreedySelection:
+    """What greedy ensemble selection chose, step by step.
+
+    Attributes:
+        steps: the candidate index added at each step, in order (repeats allowed).
+        curve: (len(steps),) val co-bps of the mean of the first k+1 steps' members.
+        best_n: length of the best prefix of `steps` (argmax of `curve`, earliest on ties).
+        members: candidate index -> how many times it is in that best prefix.
+        n_candidates: how many candidates there were to choose from.
+        init_size: how many leading steps were the sorted (top-N) initialisation
+            rather than greedy choices (0 for `init="best"`).
+    """
+
+    steps: list[int]
+    curve: np.ndarray
+    best_n: int
+    members: dict[int, int]
+    n_candidates: int
+    init_size: int
+
+    @property
+    def best_cobps(self) -> float:
+        """Val co-bps of the chosen ensemble (the best prefix)."""
+        return float(self.curve[self.best_n - 1])
+
+    def weights(self) -> np.ndarray:
+        """(n_candidates,) float64 weight of each candidate in the chosen mean; sums to 1.
+
+        The chosen ensemble is a weighted mean of the candidates, multiplicity over
+        `best_n`; candidates never chosen weigh 0.
+        """
+        weights = np.zeros(self.n_candidates, dtype=np.float64)
+        for index, count in self.members.items():
+            weights[index] = count / self.best_n
+        return weights
+
+
+def _checked(candidates: Sequence[np.ndarray], index: int, shape: tuple[int, ...]
+             ) -> np.ndarray:
+    """Candidate `index` as an array (a memmap stays a memmap), its shape checked."""
+    rates = np.asarray(candidates[index])
+    if rates.shape != shape:
+        raise ValueError(f"candidate {index}'s eval_rates_heldout has shape {rates.shape}; "
+                         f"the val target's eval_spikes_heldout has {shape}")
+    return rates
+
+
+def _trial_cobps(running_sum: np.ndarray | None, rates: np.ndarray, size: int,
+                 buffer: np.ndarray, spikes: np.ndarray) -> float:
+    """Val co-bps of (running_sum + rates) / size, built in `buffer` (no new sum).
+
+    The mean is cast to float32 before scoring, as RunningMean.mean does, so a step's
+    score is the score of the float32 submission those members would make.
+    """
+    if running_sum is None:
+        np.copyto(buffer, rates)
+    else:
+        np.add(running_sum, rates, out=buffer)
+    buffer /= size
+    score = co_bps(buffer.astype(np.float32), spikes)
+    return score if np.isfinite(score) else -np.inf
+
+
+def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.ndarray,
+                     *, max_steps: int, init: str = "sorted") -> GreedySelection:
+    """Greedy forward ensemble selection with replacement on val co-bps (Caruana et al. 2004).
+
+    Top-N averaging can only take a prefix of the ranking; forward selection can skip a
+    snapshot whose errors duplicate those already in the mean and can repeat a very good
+    one, i.e. it searches over weighted means. At each step the candidate whose addition
+    gives the best val co-bps of the running mean is added (ties: the lowest index), even
+    when no candidate improves it, so the curve exists up to `max_steps`; the selection
+    kept is the best prefix (argmax of the curve, earliest on ties).
+
+    What is guaranteed against top-N (`ensemble_curve` on the same candidates):
+
+    * `init="best"` (plain forward selection): step 1 is the candidate with the highest
+      single co-bps (computed from the arrays, lowest index on ties), so curve[0] >=
+      top-1's. On a sorted ranking step 1 is index 0, so curve[0] equals top-1's, and
+      step 2 tries every candidate, top-2's second member included, so curve[1] >=
+      top-2's. From size 3 on, NOTHING is guaranteed: once greedy's second member differs
+      from the ranking's, the top-3 set may be unreachable, and greedy's best can then
+      fall below top-N's best (tests/test_ensemble.py builds such a case).
+    * `init="sorted"` (default; Caruana's "sorted ensemble initialisation"): the first
+      steps are the top-N prefix with the best top-N co-bps among sizes <= max_steps, and
+      greedy continues from there. So curve equals top-N's up to that size, and the
+      kept selection's co-bps is >= the best top-N ensemble of at most max_steps members,
+      by construction. When the best top-N is N=1 this is the same as `init="best"` on a
+      sorted ranking. Per-size dominance beyond the initial prefix is still not
+      guaranteed (greedy keeps stepping even when every addition hurts).
+
+    Memory: one float64 running sum and one float64 trial sum of shape (B, T, N_out)
+    (plus co_bps' transient copies of one trial mean); each candidate is read from
+    `candidates[i]` once per step (the chosen one once more, to add it), so memmaps (np.load(..., mmap_mode="r")) are never
+    all in memory. Each step costs len(candidates) co-bps evaluations.
+
+    Args:
+        candidates: per-snapshot val `eval_rates_heldout`, each (B, T, N_out), in ranking
+            order (index 0 = best single snapshot by val co-bps).
+        eval_spikes_heldout: (B, T, N_out) val held-out spikes (NaN where unscored).
+        max_steps: number of steps (ensemble size, counting repeats) to take, >= 1.
+        init: "sorted" or "best", see above.
+
+    Returns:
+        GreedySelection; `selection.members` with `weighted_mean` builds the submission.
+    """
+    if max_steps < 1:
+        raise ValueError(f"greedy selection needs max_steps >= 1, not {max_steps}")
+    if init not in ("sorted", "best"):
+        raise ValueError(f"init must be 'sorted' or 'best', not {init!r}")
+    if len(candidates) == 0:
+        raise ValueError("no candidates to select an ensemble from")
+    spikes = np.asarray(eval_spikes_heldout)
+    shape = spikes.shape
+
+    steps: list[int] = []
+    curve: list[float] = []
+    running_sum: np.ndarray | None = None
+    if init == "sorted":
+        top_n = ensemble_curve((_checked(candidates, i, shape)
+                                for i in range(min(max_steps, len(candidates)))), spikes)
+        init_size = choose_size(top_n)
+        for index in range(init_size):
+            rates = _checked(candidates, index, shape)
+            if running_sum is None:
+                running_sum = rates.astype(np.float64)
+            else:
+                running_sum += rates
+            steps.append(index)
+        curve.extend(float(c) for c in top_n[:init_size])
+    else:
+        init_size = 0
+
+    buffer = np.empty(shape, dtype=np.float64)
+    while len(steps) < max_steps:
+        size = len(steps) + 1
+        best_index, best_score = 0, -np.inf
+        for index in range(len(candidates)):
+            score = _trial_cobps(running_sum, _checked(candidates, index, shape), size,
+                                 buffer, spikes)
+            if score > best_score:  # strict: ties keep the lowest index
+                best_index, best_score = index, score
+        rates = _checked(candidates, best_index, shape)
+        if running_sum is None:
+            running_sum = rates.astype(np.float64)
+        else:
+            running_sum += rates
+        steps.append(best_index)
+        curve.append(best_score if np.isfinite(best_score) else np.nan)
+        logger.debug("greedy step %d: candidate %d, val co-bps %.5f",
+                     size, best_index, best_score)
+
+    curve_array = np.asarray(curve, dtype=np.float64)
+    best_n = choose_size(curve_array)
+    members: dict[int, int] = {}
+    for index in steps[:best_n]:
+        members[index] = members.get(index, 0) + 1
+    logger.info("greedy selection: %d steps, best prefix %d (%d distinct snapshots), "
+                "val co-bps %.5f", len(steps), best_n, len(members), curve_array[best_n - 1])
+    return GreedySelection(steps=steps, curve=curve_array, best_n=best_n,
+                           members=dict(sorted(members.items())),
+                           n_candidates=len(candidates), init_size=init_size)

@@ -13,16 +13,20 @@ bin, no masking, dropout off.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from .checkpoint import load_model, weights_digest
+from .datasets import RATE_KEYS
+from .ensemble import RunningMean
 
 logger = logging.getLogger(__name__)
 
-SUBMISSION_KEYS = ("train_rates_heldin", "train_rates_heldout", "eval_rates_heldin",
-                   "eval_rates_heldout", "eval_rates_heldin_forward",
-                   "eval_rates_heldout_forward")
 
 
 def _as_counts(heldin: Any) -> np.ndarray:
@@ -84,7 +88,8 @@ def predict_rates(model: torch.nn.Module, heldin: Any, *, batch_size: int = 256,
                          f"{t_total} bins x {n_total} neurons")
     # The model expects at most max_spikes per bin (training max + 3); larger counts would
     # also index past the per-count embedding.
-    np.minimum(counts, float(model.max_spikes), out=counts)
+    # A new array: the caller's (shared by every member of an ensemble) stays as it was.
+    counts = np.minimum(counts, np.float32(model.max_spikes))
 
     home = _model_device(model)
     target = torch.device(device) if device is not None else home
@@ -154,4 +159,54 @@ def submission_rates(model: torch.nn.Module, *, train_heldin: Any, eval_heldin: 
         rates = predict_rates(model, heldin, batch_size=batch_size, device=device)
         for name, arr in split_rates(rates, n_heldin=n_in, t_obs=t_obs).items():
             parts[f"{phase}_rates_{name}"] = arr
-    return {key: parts[key] for key in SUBMISSION_KEYS}
+    return {key: parts[key] for key in RATE_KEYS}
+
+
+def snapshot_rates(path: str | Path, *, train_heldin: Any, eval_heldin: Any,
+                   device: str | torch.device = "cpu",
+                   expect: tuple[str, int] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The six submission arrays of one checkpoint file, and the file's info.
+
+    Args:
+        path: a checkpoint (ours or the original's).
+        train_heldin, eval_heldin: as in `submission_rates`.
+        device: where the model runs.
+        expect: (dataset, bin_ms) the checkpoint must have been trained on (checked for
+            our own files, which record it).
+
+    Raises:
+        ValueError: the checkpoint was trained on other data than `expect`.
+    """
+    model, info = load_model(path, device=device)
+    info["weights_sha1"] = weights_digest(model)
+    if expect is not None and info.get("format") == "nlb_ndt":
+        data = (info["cfg"].DATA.DATASET, int(info["cfg"].DATA.BIN_MS))
+        if data != tuple(expect):
+            raise ValueError(f"{path} was trained on {data[0]} at {data[1]} ms, not on "
+                             f"{expect[0]} at {expect[1]} ms")
+    rates = submission_rates(model, train_heldin=train_heldin, eval_heldin=eval_heldin)
+    return rates, info
+
+
+def ensemble_rates(checkpoints: Iterable[str | Path] | Mapping[str | Path, int], *,
+                   train_heldin: Any, eval_heldin: Any,
+                   device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """Mean of the six submission arrays over checkpoint files, loading one at a time.
+
+    `checkpoints` is a list of files, or {file: multiplicity} for an ensemble whose members
+    repeat (greedy selection): each file's model then runs once and counts that often.
+    Peak memory is one member's rates plus one float64 sum, whatever the size.
+    """
+    weights = (dict(checkpoints) if isinstance(checkpoints, Mapping)
+               else {path: 1 for path in checkpoints})
+    if not weights:
+        raise ValueError("an ensemble needs at least one checkpoint")
+    running = RunningMean()
+    for path, count in tqdm(list(weights.items()), desc="ensemble", unit="model",
+                            disable=not sys.stderr.isatty()):
+        logger.info("rates of %s%s", path, f" (x{count})" if count != 1 else "")
+        # No reference to a member's rates outlives `add`: peak memory is one member.
+        rates, _ = snapshot_rates(path, train_heldin=train_heldin, eval_heldin=eval_heldin,
+                                  device=device)
+        running.add(rates, count=int(count))
+    return running.mean()

@@ -17,18 +17,76 @@ norm1, norm2}, transformer_encoder.norm, decoder.0, and embedder.0 when EMBED_DI
 Two attention paths compute the same function: the fast one calls
 `F.scaled_dot_product_attention` with a boolean band mask and never materialises the
 attention weights; the plain one is the textbook softmax(QK^T/sqrt(h) + mask)V, kept as a
-reference and for inspecting attention (`return_weights=True`).
+reference and for inspecting attention (`NDT.attention_weights`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100  # label value of elements that do not enter the loss
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the NDT is built from: the MODEL keys it reads (see nlb_ndt.config for units).
+
+    `model_config(cfg.MODEL)` builds one and refuses the original's options that no NLB
+    template uses and that are not implemented here.
+    """
+
+    embed_dim: int = 2
+    hidden_size: int = 128
+    num_heads: int = 2
+    num_layers: int = 6
+    activation: str = "relu"
+    dropout: float = 0.1
+    dropout_rates: float = 0.2
+    dropout_embedding: float = 0.2
+    context_forward: int = 4
+    context_backward: int = 8
+    full_context: bool = False
+    learnable_position: bool = False
+    position_offset: bool = True
+    pre_norm: bool = False
+    fixup_init: bool = False
+    fast_attention: bool = True
+    loss_topk: float = 1.0
+
+
+def model_config(node) -> ModelConfig:
+    """The ModelConfig of a config's MODEL node (raises for unsupported options)."""
+    if node.LINEAR_EMBEDDER or node.SCALE_NORM or node.CONTEXT_WRAP_INITIAL:
+        raise NotImplementedError(
+            "MODEL.LINEAR_EMBEDDER, SCALE_NORM and CONTEXT_WRAP_INITIAL are not "
+            "supported (no NLB template uses them)")
+    if not node.LOGRATE or node.DECODER.LAYERS != 1 or node.LOSS.TYPE != "poisson":
+        raise NotImplementedError("only LOGRATE, one decoder layer and Poisson loss are supported")
+    if node.ACTIVATION not in ("relu", "gelu"):
+        raise ValueError(f"MODEL.ACTIVATION must be relu or gelu, not {node.ACTIVATION!r}")
+    return ModelConfig(
+        embed_dim=int(node.EMBED_DIM), hidden_size=int(node.HIDDEN_SIZE),
+        num_heads=int(node.NUM_HEADS), num_layers=int(node.NUM_LAYERS),
+        activation=str(node.ACTIVATION), dropout=float(node.DROPOUT),
+        dropout_rates=float(node.DROPOUT_RATES), dropout_embedding=float(node.DROPOUT_EMBEDDING),
+        context_forward=int(node.CONTEXT_FORWARD), context_backward=int(node.CONTEXT_BACKWARD),
+        full_context=bool(node.FULL_CONTEXT), learnable_position=bool(node.LEARNABLE_POSITION),
+        position_offset=bool(node.POSITION.OFFSET), pre_norm=bool(node.PRE_NORM),
+        fixup_init=bool(node.FIXUP_INIT), fast_attention=bool(node.FAST_ATTENTION),
+        loss_topk=float(node.LOSS.TOPK))
+
+
+class NDTOutput(NamedTuple):
+    """What `NDT.forward` returns: unpacks as `loss, log_rates = model(src, labels)`."""
+
+    loss: torch.Tensor | None  # scalar Poisson NLL; None without labels
+    log_rates: torch.Tensor  # (B, T, N)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -127,20 +185,18 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, d_model: int, cfg, *, num_layers: int):
         super().__init__()
-        self.pre_norm = bool(cfg.PRE_NORM)
-        self.self_attn = BandedSelfAttention(d_model, cfg.NUM_HEADS, cfg.DROPOUT,
-                                             fast=cfg.FAST_ATTENTION)
-        self.linear1 = nn.Linear(d_model, cfg.HIDDEN_SIZE)
-        self.linear2 = nn.Linear(cfg.HIDDEN_SIZE, d_model)
+        self.pre_norm = cfg.pre_norm
+        self.self_attn = BandedSelfAttention(d_model, cfg.num_heads, cfg.dropout,
+                                             fast=cfg.fast_attention)
+        self.linear1 = nn.Linear(d_model, cfg.hidden_size)
+        self.linear2 = nn.Linear(cfg.hidden_size, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = Dropout(cfg.DROPOUT)  # inside the feed-forward block
-        self.dropout1 = Dropout(cfg.DROPOUT)  # on the attention residual
-        self.dropout2 = Dropout(cfg.DROPOUT)  # on the feed-forward residual
-        if cfg.ACTIVATION not in ("relu", "gelu"):
-            raise ValueError(f"MODEL.ACTIVATION must be relu or gelu, not {cfg.ACTIVATION!r}")
-        self.activation = F.relu if cfg.ACTIVATION == "relu" else F.gelu
-        if cfg.FIXUP_INIT:
+        self.dropout = Dropout(cfg.dropout)  # inside the feed-forward block
+        self.dropout1 = Dropout(cfg.dropout)  # on the attention residual
+        self.dropout2 = Dropout(cfg.dropout)  # on the feed-forward residual
+        self.activation = F.relu if cfg.activation == "relu" else F.gelu
+        if cfg.fixup_init:
             # T-Fixup (Huang et al. 2020) as the original applied it: scale the residual
             # branches' output weights by 0.67 * L^(-1/4). The original also meant to scale
             # V by sqrt(2) but looked for a parameter name that packed projections never
@@ -173,7 +229,7 @@ class Encoder(nn.Module):
     def __init__(self, d_model: int, cfg):
         super().__init__()
         self.layers = nn.ModuleList(
-            EncoderLayer(d_model, cfg, num_layers=cfg.NUM_LAYERS) for _ in range(cfg.NUM_LAYERS)
+            EncoderLayer(d_model, cfg, num_layers=cfg.num_layers) for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
 
@@ -211,25 +267,21 @@ class NDT(nn.Module):
     """Neural Data Transformer.
 
     Args:
-        cfg: the MODEL node of the config (see nlb_ndt.config).
+        cfg: the model's settings (`model_config(cfg.MODEL)`).
         num_neurons: N = N_in + N_out.
         trial_length: T = T_obs + T_fwd (bins).
         max_spikes: largest count the model expects (training max + 3); inputs are
             clamped to it at inference, and it sizes the per-count embedding.
     """
 
-    def __init__(self, cfg, *, num_neurons: int, trial_length: int, max_spikes: int):
+    def __init__(self, cfg: ModelConfig, *, num_neurons: int, trial_length: int,
+                 max_spikes: int):
         super().__init__()
-        if cfg.LINEAR_EMBEDDER or cfg.SCALE_NORM or cfg.CONTEXT_WRAP_INITIAL:
-            raise NotImplementedError(
-                "MODEL.LINEAR_EMBEDDER, SCALE_NORM and CONTEXT_WRAP_INITIAL are not "
-                "supported (no NLB template uses them)")
-        if not cfg.LOGRATE or cfg.DECODER.LAYERS != 1 or cfg.LOSS.TYPE != "poisson":
-            raise NotImplementedError("only LOGRATE, one decoder layer and Poisson loss are supported")
+        self.config = cfg
         self.num_neurons = int(num_neurons)
         self.trial_length = int(trial_length)
         self.max_spikes = int(max_spikes)
-        self.embed_dim = int(cfg.EMBED_DIM)
+        self.embed_dim = cfg.embed_dim
         if self.embed_dim > 0:
             # A learned vector per count value (0..max_spikes+1, the last being the
             # original's non-zero mask token), concatenated over neurons.
@@ -240,17 +292,17 @@ class NDT(nn.Module):
             self.d_model = self.num_neurons
         self.scale = math.sqrt(self.d_model)
         self.pos_encoder = PositionalEncoding(
-            self.d_model, self.trial_length, learnable=cfg.LEARNABLE_POSITION,
-            offset=cfg.POSITION.OFFSET)
-        self.embedding_dropout = Dropout(cfg.DROPOUT_EMBEDDING)
+            self.d_model, self.trial_length, learnable=cfg.learnable_position,
+            offset=cfg.position_offset)
+        self.embedding_dropout = Dropout(cfg.dropout_embedding)
         self.transformer_encoder = Encoder(self.d_model, cfg)
-        self.rate_dropout = Dropout(cfg.DROPOUT_RATES)
+        self.rate_dropout = Dropout(cfg.dropout_rates)
         self.decoder = nn.Sequential(nn.Linear(self.d_model, self.num_neurons))
-        self.topk = float(cfg.LOSS.TOPK)
+        self.topk = cfg.loss_topk
         self.register_buffer(
             "attn_mask",
-            context_mask(self.trial_length, cfg.CONTEXT_FORWARD, cfg.CONTEXT_BACKWARD,
-                         full_context=cfg.FULL_CONTEXT),
+            context_mask(self.trial_length, cfg.context_forward, cfg.context_backward,
+                         full_context=cfg.full_context),
             persistent=False,  # derived from the config; not part of the original's state
         )
         # Decided once here: checking the mask per call would synchronise a GPU each step.
@@ -263,19 +315,8 @@ class NDT(nn.Module):
         if self.embed_dim > 0:
             nn.init.uniform_(self.embedder[0].weight, -0.1, 0.1)
 
-    def forward(self, src: torch.Tensor, labels: torch.Tensor | None = None,
-                return_weights: bool = False):
-        """Log-rates per bin, and the Poisson loss when labels are given.
-
-        Args:
-            src: (B, T, N) spike counts (float or integer).
-            labels: (B, T, N) target counts; IGNORE_INDEX where not scored.
-            return_weights: also return each layer's attention weights (plain path).
-
-        Returns:
-            (loss, log_rates) with loss None when labels is None; with
-            return_weights, (loss, log_rates, [weights per layer]).
-        """
+    def _encode(self, src: torch.Tensor, return_weights: bool
+                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         B, T, N = src.shape
         if self.embed_dim > 0:
             x = self.embedder(src.long()).reshape(B, T, self.d_model)  # (B, T, k*N)
@@ -288,11 +329,26 @@ class NDT(nn.Module):
             x, w = layer(x, mask, return_weights)
             all_weights.append(w)
         x = self.transformer_encoder.norm(x)
-        log_rates = self.decoder(self.rate_dropout(x))  # (B, T, N)
+        return self.decoder(self.rate_dropout(x)), all_weights  # (B, T, N) log-rates
+
+    def forward(self, src: torch.Tensor, labels: torch.Tensor | None = None) -> NDTOutput:
+        """Log-rates per bin, and the Poisson loss when labels are given.
+
+        Args:
+            src: (B, T, N) spike counts (float or integer).
+            labels: (B, T, N) target counts; IGNORE_INDEX where not scored.
+
+        Returns:
+            NDTOutput(loss, log_rates); loss is None when labels is None.
+        """
+        log_rates, _ = self._encode(src, return_weights=False)
         loss = None if labels is None else poisson_loss(log_rates, labels, topk=self.topk)
-        if return_weights:
-            return loss, log_rates, all_weights
-        return loss, log_rates
+        return NDTOutput(loss, log_rates)
+
+    def attention_weights(self, src: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's attention weights (B, heads, T, T) for `src`, by the plain path."""
+        _, weights = self._encode(src, return_weights=True)
+        return weights
 
 
 def poisson_loss(log_rates: torch.Tensor, labels: torch.Tensor, *,
@@ -314,6 +370,6 @@ def poisson_loss(log_rates: torch.Tensor, labels: torch.Tensor, *,
 
 
 def build_model(cfg, *, num_neurons: int, trial_length: int, max_spikes: int) -> NDT:
-    """Build the NDT from a whole config (uses cfg.MODEL)."""
-    return NDT(cfg.MODEL, num_neurons=num_neurons, trial_length=trial_length,
+    """Build the NDT from a whole config (reads cfg.MODEL through `model_config`)."""
+    return NDT(model_config(cfg.MODEL), num_neurons=num_neurons, trial_length=trial_length,
                max_spikes=max_spikes)

@@ -1,4 +1,4 @@
-"""Figures of the submission stage (matplotlib, Agg backend: no display needed).
+"""Figures of the submission stage (matplotlib Figures rendered by Agg: no display needed).
 
 - `plot_ensemble_curve`: val co-bps of the top-N mean against N, chosen N marked.
 - `plot_search`: the search's objective by trial (from each trial's metrics.csv).
@@ -11,87 +11,63 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure(**kwargs) -> Figure:
+    # A bare Figure renders through Agg when saved: no pyplot state, no global backend.
+    return Figure(**kwargs)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     with atomic_write(path, suffix=path.suffix) as tmp:  # matplotlib reads the suffix
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
     log.info("wrote %s", path)
     return path
 
 
 def plot_ensemble_curve(curve: Sequence[float], path: str | Path, *, chosen: int,
-                        argmax: int | None = None, title: str = "") -> Path:
-    """co-bps of the mean of the top N snapshots for N = 1..M.
+                        argmax: int | None = None, title: str = "",
+                        greedy: Sequence[float] | None = None, method: str = "topn") -> Path:
+    """co-bps of the ensemble against its size: the top-N mean, and greedy selection.
 
     Args:
-        curve: co-bps for N = 1..M.
+        curve: co-bps of the mean of the top N snapshots, for N = 1..M.
         path: the PNG to write.
-        chosen: the N used for the submission (marked with a star).
-        argmax: the best N on the curve, if different from `chosen` (a dashed line).
+        chosen: the size used for the submission (marked with a star on its method's curve).
+        argmax: the best N of the top-N curve, if different from `chosen` (a dashed line).
         title: figure title (e.g. the run name).
+        greedy: co-bps of the greedy ensemble after each step (steps = members with
+            repeats), when it was computed.
+        method: "topn" or "greedy": the curve `chosen` belongs to.
     """
-    plt = _pyplot()
     sizes = np.arange(1, len(curve) + 1)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(sizes, curve, "o-", ms=3, lw=1.2, label="ensemble of the top N")
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(sizes, curve, "o-", ms=3, lw=1.2, label="mean of the top N")
+    if greedy is not None and len(greedy):
+        ax.plot(np.arange(1, len(greedy) + 1), greedy, "s-", ms=3, lw=1.2, color="darkgreen",
+                label="greedy selection (with replacement)")
     ax.axhline(curve[0], color="gray", ls=":", lw=1, label="best single snapshot")
-    ax.plot([chosen], [curve[chosen - 1]], "*", color="crimson", ms=14,
-            label=f"chosen N = {chosen} ({curve[chosen - 1]:.4f})")
+    picked = greedy if method == "greedy" and greedy is not None else curve
+    ax.plot([chosen], [picked[chosen - 1]], "*", color="crimson", ms=14,
+            label=f"chosen: {method} N = {chosen} ({picked[chosen - 1]:.4f})")
     if argmax is not None and argmax != chosen:
-        ax.axvline(argmax, color="crimson", ls="--", lw=1, label=f"argmax N = {argmax}")
-    ax.set_xlabel("ensemble size N (top-N snapshots by val co-bps)")
+        ax.axvline(argmax, color="crimson", ls="--", lw=1, label=f"top-N argmax N = {argmax}")
+    ax.set_xlabel("ensemble size N (members, counting repeats)")
     ax.set_ylabel("val co-bps")
     ax.set_title(title or "ensemble size sweep")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
-
-
-def read_trial_histories(trial_dirs: Iterable[str | Path]) -> list[dict]:
-    """Last row of each trial's metrics.csv, with its folder, in trial start order.
-
-    Start order is the modification time of the trial's config.yaml (written once, when
-    the trial starts). Trials without a metrics.csv are skipped.
-    """
-    import pandas as pd
-
-    out = []
-    for trial_dir in trial_dirs:
-        trial_dir = Path(trial_dir)
-        metrics = trial_dir / "metrics.csv"
-        if not metrics.is_file():
-            continue
-        try:
-            history = pd.read_csv(metrics)
-        except (OSError, ValueError, pd.errors.EmptyDataError) as exc:
-            log.warning("%s: unreadable (%s); left out of the search plot", metrics, exc)
-            continue
-        if history.empty:
-            continue
-        started = trial_dir / "config.yaml"
-        stamp = (started if started.is_file() else metrics).stat().st_mtime
-        out.append({"trial_dir": str(trial_dir), "started": stamp,
-                    **history.iloc[-1].to_dict()})
-    return sorted(out, key=lambda r: r["started"])
 
 
 def plot_search(trials: Sequence[Mapping], path: str | Path, *, title: str = "",
@@ -105,8 +81,8 @@ def plot_search(trials: Sequence[Mapping], path: str | Path, *, title: str = "",
         title: figure title.
         objective: the metric the search optimised (its panel is labelled so).
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     x = np.arange(1, len(trials) + 1)
     panels = (("best_masked_loss", "best masked val loss", np.minimum),
               ("best_val_cobps", "best val co-bps", np.maximum))
@@ -144,9 +120,9 @@ def plot_rates_vs_truth(pred: Mapping[str, np.ndarray], true: Mapping[str, np.nd
         bin_ms: bin width, for the time axis.
         title: figure title.
     """
-    plt = _pyplot()
     rows = ("heldin", "heldout")
-    fig, axes = plt.subplots(len(rows), n_neurons, figsize=(3.2 * n_neurons, 5.5),
+    fig = _figure(figsize=(3.2 * n_neurons, 5.5))
+    axes = fig.subplots(len(rows), n_neurons,
                              squeeze=False)
     for r, part in enumerate(rows):
         obs_p, obs_t = pred[f"eval_rates_{part}"], true[f"eval_rates_{part}"]

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_write
-from .datasets import PHASES, DatasetSpec, check_bin_ms, check_phase, get_spec
+from .datasets import BEHAVIOR_FIELDS, PHASES, DatasetSpec, check_bin_ms, check_phase, get_spec
 from .paths import Paths, get_paths
 from .psth import add_psth
 
@@ -43,13 +43,6 @@ TRAIN_KEYS = ("train_spikes_heldin", "train_spikes_heldout",
 VAL_EVAL_KEYS = ("eval_spikes_heldin", "eval_spikes_heldout",
                  "eval_spikes_heldin_forward", "eval_spikes_heldout_forward")
 TEST_EVAL_KEYS = ("eval_spikes_heldin",)
-
-#: Behaviour series of the NLB files. Only the one the dataset's targets decode is loaded;
-#: the rest would cost memory at 1 ms (mc_maze) and nothing here uses them.
-BEHAVIOR_FIELDS = ("hand_vel", "hand_pos", "cursor_pos", "eye_pos", "finger_vel",
-                    "finger_pos", "target_pos", "force", "muscle_len", "muscle_vel",
-                    "joint_ang", "joint_vel")
-
 
 def tensor_path(dataset: str, *, phase: str, bin_ms: int = 5,
                 paths: Paths | None = None) -> Path:
@@ -283,3 +276,18 @@ def _nlb_tools_version() -> str:
         return metadata.version("nlb-tools")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def store_tensors(dataset: str, tensors: dict[str, np.ndarray], *, phase: str,
+                  bin_ms: int = 5, paths: Paths | None = None) -> Path:
+    """Write tensors made elsewhere (benchmarks, tests) as the cache of `dataset`.
+
+    The cache key is that of the NWB files now under NLB_DATA_RAW, so `load_tensors`
+    returns these arrays until those files change.
+    """
+    spec = get_spec(dataset)
+    paths = paths or get_paths()
+    path = tensor_path(dataset, phase=phase, bin_ms=bin_ms, paths=paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_tensors(path, tensors, _cache_key(spec, phase, bin_ms, paths.data_raw / spec.folder))
+    return path

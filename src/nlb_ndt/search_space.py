@@ -31,6 +31,8 @@ from typing import Any, Mapping
 
 from yacs.config import CfgNode as CN
 
+from .config import coerce_to_default, get_cfg_defaults
+
 SAMPLE_FNS = ("uniform", "loguniform", "randint", "choice")
 _FIELDS = {"low", "high", "sample_fn", "opts"}
 _IGNORED_FIELDS = {"explore_wt", "enforce_limits", "is_integer"}
@@ -82,15 +84,12 @@ def _config_leaf(cfg: CN, key: str) -> tuple[bool, Any]:
 
 
 def _fits(value: Any, default: Any) -> bool:
-    """Whether `value` merges into a key whose default is `default` (yacs is type-strict;
-    an int is accepted for a float key and converted)."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
+    """Whether `value` merges into a key whose default is `default` (config's one rule)."""
+    try:
+        coerce_to_default(value, default)
+    except TypeError:
+        return False
+    return True
 
 
 def _number(value: Any, what: str, where: str) -> float | int:
@@ -193,8 +192,6 @@ def load_search_space(path: str | Path, cfg: CN | None = None) -> dict[str, Dime
         path: the JSON file.
         cfg: config whose keys may be searched (default: `nlb_ndt.config` defaults).
     """
-    from .config import get_cfg_defaults
-
     path = Path(path)
     try:
         data = json.loads(path.read_text())

@@ -1,6 +1,6 @@
 """The EvalAI submission file: build, check, write and read it.
 
-Layout (nlb_facts.md §6): one group per dataset and bin size (`mc_maze`, `mc_maze_20`),
+Layout (NLB's EvalAI format): one group per dataset and bin size (`mc_maze`, `mc_maze_20`),
 each holding six float32 arrays of rates in spikes per bin, shaped (trials, bins, neurons):
 
     train_rates_heldin   (n_train, T_obs, N_in)     train_rates_heldout  (n_train, T_obs, N_out)
@@ -18,31 +18,17 @@ file, the array and what is wrong (`SubmissionError`).
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import h5py
 import numpy as np
 
-from .atomic import atomic_write, write_text_atomic
-from .datasets import (SCALING_DATASETS, SUPPORTED_BIN_MS, SYNTHETIC_MARKER, check_phase,
-                       get_spec)
+from .atomic import atomic_write
+from .datasets import RATE_KEYS, SCALING_DATASETS, get_spec, parse_group
 
 log = logging.getLogger(__name__)
-
-#: The six arrays of a submission group, in nlb_tools' order.
-RATE_KEYS = (
-    "train_rates_heldin",
-    "train_rates_heldout",
-    "eval_rates_heldin",
-    "eval_rates_heldout",
-    "eval_rates_heldin_forward",
-    "eval_rates_heldout_forward",
-)
 
 #: Arrays of a target (ground-truth) group that nlb_tools' `evaluate` always reads.
 TARGET_KEYS = ("eval_spikes_heldout", "train_behavior", "eval_behavior")
@@ -52,14 +38,6 @@ Shape = tuple  # (trials | None, bins, neurons); None matches any trial count
 
 class SubmissionError(ValueError):
     """A submission or target file (or dict) that cannot be scored; one line."""
-
-
-def parse_group(group: str) -> tuple[str, int]:
-    """("mc_maze_20") -> ("mc_maze", 20); ("mc_maze") -> ("mc_maze", 5)."""
-    for bin_ms in SUPPORTED_BIN_MS:
-        if bin_ms != 5 and group.endswith(f"_{bin_ms}"):
-            return get_spec(group[: -len(f"_{bin_ms}")]).name, bin_ms
-    return get_spec(group).name, 5
 
 
 def group_shapes(dataset: str, *, bin_ms: int = 5, n_train: int | None = None,
@@ -243,7 +221,7 @@ def write_submission(data: Mapping[str, Mapping[str, np.ndarray]], path: str | P
 
     Raises FileExistsError if `path` exists and `overwrite` is False.
     """
-    from nlb_tools.make_tensors import save_to_h5
+    from nlb_tools.make_tensors import save_to_h5  # nlb_tools' own writer; imported on use
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -304,230 +282,3 @@ def read_submission(path: str | Path, *, expected: Mapping[str, Mapping[str, Sha
             raise SubmissionError(f"{path}: the file has no groups")
     check_submission(data, expected, where=str(path))
     return data
-
-
-# --------------------------------------------------------------------------- the stage
-# rank -> choose N -> top-N mean for the phase -> h5 -> local scores. Checkpoints are
-# handled by nlb_ndt.ranking; this part only orchestrates and writes.
-
-@dataclass
-class SubmissionResult:
-    """What `make_submission` wrote and scored.
-
-    Attributes:
-        path: the submission h5.
-        phase: "val" or "test".
-        scores: one row per group (evaluation.score_submission), or None when unscored.
-        reason: why the file is unscored ("" when scored).
-        target: the ground truth scored against (None when unscored).
-        scores_path: the JSON written beside the h5.
-        ensembles: per run name, the ensemble choice (chosen_n, argmax_n, members, ...).
-        figures: every PNG written.
-    """
-
-    path: Path
-    phase: str
-    scores: list[dict] | None
-    reason: str
-    target: str | None
-    scores_path: Path
-    ensembles: dict[str, dict] = field(default_factory=dict)
-    figures: list[Path] = field(default_factory=list)
-
-
-def default_output(names: Sequence[str], phase: str, *, paths=None) -> Path:
-    """`<submissions_dir>/<NAME>/submission-<phase>.h5`; several names share one folder
-    (`mc_maze_scaling` for the three scaling datasets, else the names joined by '+')."""
-    from .paths import get_paths
-
-    paths = paths or get_paths()
-    if len(names) == 1:
-        folder = names[0]
-    elif sorted(names) == sorted(SCALING_DATASETS):
-        folder = "mc_maze_scaling"
-    else:
-        folder = "+".join(names)
-    return paths.submissions_dir / folder / f"submission-{phase}.h5"
-
-
-def scores_path_for(path: str | Path) -> Path:
-    """The scores JSON beside a submission: submission-val.h5 -> submission-val.scores.json."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.scores.json")
-
-
-def choose_ensemble(name: str, ranking, *, spikes_heldout: np.ndarray, out_dir: Path,
-                    max_ensemble: int = 50, ensemble_size: int | str = "auto") -> dict:
-    """Sweep N = 1..M on val, pick the argmax (or the override), write the curve.
-
-    Writes `ensemble.csv` (n, co-bps, the n-th member), `ensemble.json` (the choice and
-    its members) and `ensemble.png` into `out_dir`.
-
-    Returns:
-        the ensemble.json content.
-    """
-    from . import plots
-    from .ensemble import choose_size, ensemble_curve
-    from .ranking import cached_heldout
-
-    if max_ensemble < 1:
-        raise ValueError(f"--max-ensemble must be >= 1, not {max_ensemble}")
-    override = ensemble_size not in (None, "auto")
-    if override and not 1 <= int(ensemble_size) <= len(ranking):
-        raise ValueError(f"--ensemble-size {ensemble_size}: {name} has {len(ranking)} "
-                         f"snapshots")
-    # The sweep always covers an overriding N, so its val co-bps is on the curve too.
-    m = min(max(max_ensemble, int(ensemble_size) if override else 1), len(ranking))
-    curve = ensemble_curve(cached_heldout(ranking.head(m), out_dir), spikes_heldout)
-    best = choose_size(curve)
-    chosen, how = ((int(ensemble_size), "--ensemble-size") if override
-                   else (best, "argmax of val co-bps"))
-    members = ranking.head(chosen)
-    top = ranking.head(m)
-    import pandas as pd
-
-    table = pd.DataFrame({"n": np.arange(1, m + 1), "co-bps": curve,
-                          "member_trial_id": top["trial_id"].to_numpy(),
-                          "member_val_ckpt": top["val_ckpt"].to_numpy(),
-                          "member_co-bps": top["co-bps"].to_numpy()})
-    with atomic_write(out_dir / "ensemble.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    choice = {
-        "name": name, "max_ensemble": m, "argmax_n": best,
-        "argmax_co-bps": float(curve[best - 1]), "chosen_n": chosen, "chosen_by": how,
-        "chosen_co-bps": float(curve[chosen - 1]),
-        "best_single_co-bps": float(curve[0]),
-        "members": [{"trial_id": r["trial_id"], "val_ckpt": r["val_ckpt"],
-                     "co-bps": float(r["co-bps"]), "path": r["path"]}
-                    for r in members.to_dict("records")],
-    }
-    write_text_atomic(out_dir / "ensemble.json", json.dumps(choice, indent=2) + "\n")
-    plots.plot_ensemble_curve(curve, out_dir / "ensemble.png", chosen=chosen, argmax=best,
-                              title=f"{name}: ensemble size sweep (val)")
-    log.info("%s: best single val co-bps %.4f; top-%d mean %.4f (argmax N=%d); using N=%d",
-             name, curve[0], best, curve[best - 1], best, chosen)
-    return choice
-
-
-def _search_objective(name: str, paths) -> str:
-    """The objective recorded by run_hyperopt (experiment_info.json), else the original's."""
-    for info in sorted((paths.ray_tune_home / name).glob("*/experiment_info.json")):
-        try:
-            return str(json.loads(info.read_text()).get("objective") or "best_masked_loss")
-        except (OSError, ValueError):
-            continue
-    return "best_masked_loss"
-
-
-def _synthetic(dataset: str, paths) -> bool:
-    return (paths.data_raw / get_spec(dataset).dandiset_id / SYNTHETIC_MARKER).is_file()
-
-
-def make_submission(names: Sequence[str], *, phase: str = "val",
-                    ensemble_size: int | str = "auto", max_ensemble: int = 50,
-                    out: str | Path | None = None, overwrite: bool = False,
-                    device: str | None = "auto", ground_truth: str | Path | None = None,
-                    paths=None) -> SubmissionResult:
-    """Rank, choose N, average the top N for `phase`, write the h5, score it, plot.
-
-    Args:
-        names: run names (datasets or "synthetic"); all go into one file (so the three
-            scaling datasets, named together, share a file as the scorer requires).
-        phase: "val" (rates on the val trials, scored against the val target) or "test"
-            (rates on the test trials, scored against `paths.eval_data_test` when present).
-        ensemble_size: "auto" (argmax of the val curve) or N.
-        max_ensemble: M, the largest N swept.
-        out: the h5 to write (default `default_output`).
-        overwrite: replace an existing h5 and its scores JSON.
-        device: where models run.
-        ground_truth: the test-split ground truth (default `paths.eval_data_test`).
-        paths: resolved paths (default: from the environment).
-
-    Returns:
-        A SubmissionResult (the scores are also written to `scores_path_for(out)`).
-    """
-    from . import plots, preprocess
-    from .evaluation import save_scores, score_submission
-    from .paths import get_paths
-    from .ranking import ensemble_rates, rank_snapshots, run_settings, trial_dirs, work_dir
-    from .train import resolve_device
-
-    paths = paths or get_paths()
-    check_phase(phase)
-    names = list(dict.fromkeys(names))
-    settings = {name: run_settings(name, paths=paths) for name in names}
-    groups = [s.group for s in settings.values()]
-    if len(set(groups)) < len(groups):
-        raise ValueError(f"runs {', '.join(names)} would write the same group twice "
-                         f"({', '.join(groups)}); name each dataset once")
-    out = Path(out) if out is not None else default_output(names, phase, paths=paths)
-    scores_path = scores_path_for(out)
-    for existing in (out, scores_path):
-        if existing.exists() and not overwrite:
-            raise FileExistsError(f"{existing} exists; pass --overwrite to replace it")
-    device = resolve_device(device)
-
-    rates, expected, ensembles, figures, val_targets = {}, {}, {}, [], {}
-    for name, s in settings.items():
-        wdir = work_dir(name, paths=paths)
-        ranking = rank_snapshots(name, paths=paths, out_dir=wdir, device=device)
-        val_targets[s.group] = preprocess.load_val_target(
-            s.dataset, bin_ms=s.bin_ms, paths=paths)[s.group]
-        ensembles[name] = choose_ensemble(
-            name, ranking, spikes_heldout=np.asarray(val_targets[s.group]["eval_spikes_heldout"]),
-            out_dir=wdir, max_ensemble=max_ensemble, ensemble_size=ensemble_size)
-        figures.append(wdir / "ensemble.png")
-        trials = plots.read_trial_histories(trial_dirs(name, paths=paths))
-        if trials:
-            figures.append(plots.plot_search(trials, wdir / "search.png",
-                                             title=f"{name}: {len(trials)} trials",
-                                             objective=_search_objective(name, paths)))
-        tensors = preprocess.load_tensors(s.dataset, phase=phase, bin_ms=s.bin_ms,
-                                          paths=paths)
-        expected[s.group] = group_shapes(s.dataset, bin_ms=s.bin_ms, **trial_counts(tensors))
-        members = [m["path"] for m in ensembles[name]["members"]]
-        log.info("%s: averaging %d snapshots on the %s-phase trials", name, len(members), phase)
-        rates[s.group] = ensemble_rates(members, train_heldin=tensors["train_spikes_heldin"],
-                                        eval_heldin=tensors["eval_spikes_heldin"],
-                                        device=device)
-        del tensors
-    data = build_submission(rates, expected=expected)
-    warn_scaling([s.group for s in settings.values() if not _synthetic(s.dataset, paths)])
-    write_submission(data, out, overwrite=overwrite)
-
-    # Score the file as written (read back from disk), not the arrays in memory.
-    scores, reason, target = None, "", None
-    truth = Path(ground_truth) if ground_truth is not None else paths.eval_data_test
-    if phase == "val":
-        target = "val split (make_eval_target_tensors, train='train', eval='val')"
-        scores = score_submission(val_targets, str(out), groups=groups)
-    elif truth.is_file():
-        try:
-            scores = score_submission(str(truth), str(out), groups=groups)
-            target = str(truth)
-        except SubmissionError as exc:  # e.g. ground truth without this dataset's group
-            reason = f"the ground truth cannot score this file: {exc}"
-            log.warning("UNSCORED: %s", reason)
-    else:
-        reason = (f"no test-split ground truth at {truth}; fetch it with "
-                  f"`python download_data.py --eval-data` and re-run with --overwrite")
-        log.warning("UNSCORED: %s", reason)
-
-    for name, s in settings.items():
-        if _synthetic(s.dataset, paths):
-            from .synthetic import true_rates
-
-            true = true_rates(paths.data_raw, s.dataset, phase=phase, bin_ms=s.bin_ms)
-            figures.append(plots.plot_rates_vs_truth(
-                data[s.group], true, out.with_name(f"{out.stem}.rates.{s.group}.png"),
-                bin_ms=s.bin_ms, title=f"{name} ({phase}): ensemble of "
-                f"{ensembles[name]['chosen_n']} vs true rates, eval trial 0"))
-
-    save_scores(scores_path, {
-        "file": str(out), "phase": phase, "scored": scores is not None,
-        "reason": reason or None, "target": target, "scores": scores or [],
-        "ensembles": ensembles, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    return SubmissionResult(path=out, phase=phase, scores=scores, reason=reason,
-                            target=target, scores_path=scores_path, ensembles=ensembles,
-                            figures=figures)

@@ -32,11 +32,14 @@ from typing import Sequence
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from . import _synth_models as models
+from .cli import make_parser, run
 from .atomic import atomic_write, write_text_atomic
-from .datasets import SYNTHETIC_MARKER, DatasetSpec, check_bin_ms, check_phase, get_spec
-from .preprocess import BEHAVIOR_FIELDS
+from .datasets import (BEHAVIOR_FIELDS, DATASET_NAMES, SYNTHETIC_MARKER, DatasetSpec,
+                       check_bin_ms, check_phase, get_spec)
+from .psth import add_psth
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +47,6 @@ GENERATOR_VERSION = 1
 MARKER = SYNTHETIC_MARKER
 TRUTH = "synthetic_truth.h5"
 EVAL_DATA_TEST = "eval_data_test.h5"
-#: The six arrays of an NLB submission group.
-SUBMISSION_KEYS = (
-    "train_rates_heldin", "train_rates_heldout", "eval_rates_heldin", "eval_rates_heldout",
-    "eval_rates_heldin_forward", "eval_rates_heldout_forward",
-)
 _EPOCH = datetime(2021, 9, 1, tzinfo=timezone.utc)  # fixed dates keep files reproducible
 
 
@@ -137,7 +135,7 @@ def true_rates(data_raw: str | Path, like: str = "mc_maze_small", *, phase: str 
         bin_ms: 5 or 20.
 
     Returns:
-        {key: float32 array} for the keys in SUBMISSION_KEYS, in spikes per bin.
+        {key: float32 array} for the keys in datasets.RATE_KEYS, in spikes per bin.
     """
     from nlb_tools.make_tensors import make_train_input_tensors
     from nlb_tools.nwb_interface import NWBDataset
@@ -337,7 +335,6 @@ def _test_file_first(spec: DatasetSpec) -> bool:
 
 def _put_true_rates(ds, spec: DatasetSpec, truth: dict, bin_ms: int) -> None:
     """Replace the binned spike counts of a loaded, resampled NWBDataset by true rates."""
-    import pandas as pd
 
     ti = ds.trial_info
     index = ds.data.index
@@ -385,7 +382,6 @@ def _write_eval_data_test(eval_path: Path, spec: DatasetSpec, sim: models.Simula
     from nlb_tools.make_tensors import make_eval_target_tensors, save_to_h5
     from nlb_tools.nwb_interface import NWBDataset
 
-    from .psth import add_psth
 
     first, second = (sim.test, sim.train) if _test_file_first(spec) else (sim.train, sim.test)
     full_session = models.merge_sessions(first, second)
@@ -425,9 +421,6 @@ def _write_eval_data_test(eval_path: Path, spec: DatasetSpec, sim: models.Simula
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m nlb_ndt.synthetic --out DIR [--like NAME] [--seed S]`."""
-    from .cli import make_parser, run
-    from .datasets import DATASET_NAMES
-
     parser = make_parser("Write a synthetic NLB dataset (NWB files in the DANDI layout of a "
                          "real one, plus ground truth) under DIR.")
     parser.add_argument("--out", required=True, help="root folder (used as NLB_DATA_RAW)")

@@ -5,7 +5,7 @@ Shape legend: B = trials, T_obs / T_fwd observed / forward bins, N_in / N_out ne
 Faithful to the original where it matters for the numbers (AdamW on every parameter,
 per-epoch warmup-cosine schedule, gradient clipping at 200, validation every
 VAL_INTERVAL epochs on the whole val split, patience in epochs), with its known bugs fixed
-(shared/reference/original_pipeline.md §10): training stops as soon as patience runs out
+(approach.md, 'Known bugs of the original'): training stops as soon as patience runs out
 and never runs past NUM_UPDATES; the validation mask is fixed by a seed, so the selection
 metric is not noise; the "unmasked" loss ignores every held-out neuron (the original's
 variant stays available as TRAIN.LFVE_LEGACY); seeds are honoured.
@@ -25,109 +25,26 @@ import csv
 import json
 import logging
 import math
-import platform
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from . import preprocess
 from .atomic import atomic_write, write_text_atomic
 from .checkpoint import save_checkpoint
-from .ensemble import co_bps
+from .data import random_subset, split_tensors
 from .masking import assemble, mask_heldin
+from .metrics import co_bps
 from .model import NDT, build_model
+from .runs import (CONFIG_FILE, METRIC_FIELDS, METRICS_FILE, RUN_INFO_FILE, STATE_FILE,
+                   snapshot_path)
+from .runtime import bf16_native, library_versions, resolve_device, seed_everything
 from .schedules import build_scheduler
 
 logger = logging.getLogger(__name__)
-
-SNAPSHOT_KINDS = ("lve", "lfve", "cobps")
-METRIC_FIELDS = ("epoch", "train_loss", "lr", "masked_loss", "unmasked_loss", "val_cobps",
-                 "best_masked_loss", "best_unmasked_loss", "best_val_cobps", "done",
-                 "seconds")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str | torch.device | None, cfg=None) -> torch.device:
-    """"auto" (or None) means CUDA when visible, else CPU."""
-    name = name if name is not None else (cfg.SYSTEM.DEVICE if cfg is not None else "auto")
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and cfg is not None:
-        name = f"cuda:{cfg.SYSTEM.TORCH_GPU_ID}"
-    return torch.device(name)
-
-
-def bf16_native(device: torch.device) -> bool:
-    """True where bf16 matrix multiplies run natively (so autocast pays off): CUDA GPUs
-    that support bf16, and CPUs with AVX512-BF16 or AMX (e.g. AMD Zen 4, Intel Sapphire
-    Rapids). Elsewhere bf16 would be emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
-def library_versions() -> dict[str, str]:
-    """Versions worth recording next to every result."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__}
-    for pkg in ("nlb-tools", "nlb-ndt", "pandas", "ray", "scikit-optimize"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-@dataclass
-class SplitTensors:
-    """One split on the device. Counts are float32 holding whole numbers; NaN -> 0 in
-    `heldin` (never a garbage integer) and kept as NaN in the label sources."""
-
-    heldin: torch.Tensor  # (B, T_obs, N_in)
-    heldout: torch.Tensor  # (B, T_obs, N_out), NaN = not scored
-    forward: torch.Tensor  # (B, T_fwd, N), NaN = not scored
-
-    @property
-    def n_trials(self) -> int:
-        return self.heldin.shape[0]
-
-    def take(self, idx: torch.Tensor) -> "SplitTensors":
-        return SplitTensors(self.heldin[idx], self.heldout[idx], self.forward[idx])
-
-
-def _split(arrays: dict, prefix: str, device) -> SplitTensors:
-    def t(key):
-        return torch.as_tensor(np.asarray(arrays[key], dtype=np.float32), device=device)
-
-    heldin = t(f"{prefix}_spikes_heldin")
-    n_nan = int(torch.isnan(heldin).sum())
-    if n_nan:
-        logger.warning("%d NaN held-in counts in the %s split are fed as 0", n_nan, prefix)
-    forward = torch.cat([t(f"{prefix}_spikes_heldin_forward"),
-                         t(f"{prefix}_spikes_heldout_forward")], dim=-1)
-    return SplitTensors(torch.nan_to_num(heldin, nan=0.0), t(f"{prefix}_spikes_heldout"),
-                        forward)
-
 
 class Trainer:
     """Holds the model, optimiser and data of one run; `fit()` trains it."""
@@ -142,8 +59,6 @@ class Trainer:
         self.trial_id = trial_id
         self.device = resolve_device(device, cfg)
         data_cfg = cfg.DATA
-        if arrays is None or val_heldout_target is None:
-            from . import preprocess
         if arrays is None:
             arrays = preprocess.load_tensors(data_cfg.DATASET, phase="val",
                                              bin_ms=data_cfg.BIN_MS)
@@ -155,12 +70,9 @@ class Trainer:
             val_heldout_target = target[group]["eval_spikes_heldout"]
         self.val_heldout_target = np.asarray(val_heldout_target)
         data_device = self.device if cfg.TRAIN.DATA_ON_DEVICE else torch.device("cpu")
-        self.train_data = _split(arrays, "train", data_device)
-        self.val_data = _split(arrays, "eval", data_device)
-        if data_cfg.RANDOM_SUBSET_TRIALS < 1.0:
-            keep = max(1, int(self.train_data.n_trials * data_cfg.RANDOM_SUBSET_TRIALS))
-            g = torch.Generator().manual_seed(cfg.SEED)
-            self.train_data = self.train_data.take(torch.randperm(self.train_data.n_trials, generator=g)[:keep].to(data_device))
+        self.train_data = random_subset(split_tensors(arrays, "train", data_device),
+                                        data_cfg.RANDOM_SUBSET_TRIALS, cfg.SEED)
+        self.val_data = split_tensors(arrays, "eval", data_device)
         self.n_heldin = self.train_data.heldin.shape[-1]
         self.n_heldout = self.train_data.heldout.shape[-1]
         self.t_obs = self.train_data.heldin.shape[1]
@@ -185,6 +97,11 @@ class Trainer:
                                          total_epochs=cfg.TRAIN.NUM_UPDATES)
         self.generator = torch.Generator(device=data_device).manual_seed(cfg.SEED)
         self.amp = bool(cfg.TRAIN.AMP) and bf16_native(self.device)
+        #: Training precision; validation and snapshots' metrics are always fp32.
+        self.precision = "bf16 autocast" if self.amp else "fp32"
+        logger.info("training on %s in %s (validation in fp32)%s", self.device,
+                    self.precision, "" if self.amp or not cfg.TRAIN.AMP else
+                    ": TRAIN.AMP is on, but bf16 is not native here")
         self.epoch = 0
         self.best = {"masked": math.inf, "unmasked": math.inf, "cobps": -math.inf,
                      "masked_epoch": 0}
@@ -246,8 +163,9 @@ class Trainer:
                                      heldout_labels=legacy),
             }.items():
                 inp, lab = inp.to(self.device), lab.to(self.device)
-                with self._autocast():
-                    loss, log_rates = self.model(inp, lab)
+                # Always fp32: snapshot choice, patience and the search objective compare
+                # these numbers, and bf16 rounding moves them (1.055578 vs 1.055523).
+                loss, log_rates = self.model(inp, lab)
                 count = int((lab != -100).sum())
                 sums[name][0] += float(loss) * count
                 sums[name][1] += count
@@ -263,10 +181,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- snapshots
     def snapshot_path(self, kind: str) -> Path:
-        ckpt_dir = Path(self.cfg.CHECKPOINT_DIR)
-        if not ckpt_dir.is_absolute():
-            ckpt_dir = self.run_dir / ckpt_dir
-        return ckpt_dir / f"{self.trial_id}.{kind}.pth"
+        return snapshot_path(self.run_dir, self.trial_id, kind, self.cfg.CHECKPOINT_DIR)
 
     def _save_snapshot(self, kind: str, metrics: dict) -> None:
         save_checkpoint(
@@ -278,7 +193,7 @@ class Trainer:
         )
 
     def _state_path(self) -> Path:
-        return self.run_dir / "state.pt"
+        return self.run_dir / STATE_FILE
 
     def save_state(self) -> None:
         """Everything needed to continue this run exactly where it stopped."""
@@ -314,19 +229,20 @@ class Trainer:
 
     def _write_records(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "config.yaml", self.cfg.dump())
+        write_text_atomic(self.run_dir / CONFIG_FILE, self.cfg.dump())
         info = {"trial_id": self.trial_id, "seed": int(self.cfg.SEED),
                 "dataset": self.cfg.DATA.DATASET, "bin_ms": int(self.cfg.DATA.BIN_MS),
-                "device": str(self.device), "n_heldin": self.n_heldin,
+                "device": str(self.device), "precision": self.precision,
+                "n_heldin": self.n_heldin,
                 "n_heldout": self.n_heldout, "t_obs": self.t_obs, "t_fwd": self.t_fwd,
                 "n_train": self.train_data.n_trials, "n_val": self.val_data.n_trials,
                 "max_spikes": self.max_spikes,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "versions": library_versions()}
-        write_text_atomic(self.run_dir / "run_info.json", json.dumps(info, indent=2))
+        write_text_atomic(self.run_dir / RUN_INFO_FILE, json.dumps(info, indent=2))
 
     def _write_history(self) -> None:
-        with atomic_write(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+        with atomic_write(self.run_dir / METRICS_FILE) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.history)

@@ -22,7 +22,7 @@ from yacs.config import CfgNode
 
 from nlb_ndt.config import get_cfg_defaults
 from nlb_ndt.datasets import get_spec
-from nlb_ndt.evaluation import released_members
+from nlb_ndt.validate import released_members
 from nlb_ndt.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")

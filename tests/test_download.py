@@ -7,6 +7,7 @@ the command exited non-zero with one `error:` line and nothing is at the final p
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 from fake_services import FakeServices, drop, fail, ignore_range, slow, truncate
 from helpers import isolated_download_env, load_script
 
-from nlb_ndt import download
+from nlb_ndt import download, fetch
 from nlb_ndt.datasets import get_spec
 from nlb_ndt.paths import get_paths
 
@@ -212,7 +214,7 @@ def test_download_data_failures_that_make_progress_do_not_use_up_retries(
     retry limit, so a flaky link still finishes a big file."""
     train = small[0]
     monkeypatch.setenv("NLB_DOWNLOAD_RETRIES", "2")
-    chunk = download.CHUNK_BYTES
+    chunk = fetch.CHUNK_BYTES
     # Each truncated answer carries a little more than one chunk of what is still missing.
     fake.inject(train.content, *[truncate(at=(chunk + 1000) / (len(train.data) - i * chunk))
                                  for i in range(3)])
@@ -370,3 +372,143 @@ def test_download_data_sigint_keeps_part_and_rerun_resumes(fake, small, capsys):
     _ok(capsys)
     assert fake.ranges(train.content)[-1] == f"bytes={have}-"
     assert train.dest.read_bytes() == train.data
+
+
+# ------------------------------------------------ the released checkpoints (Zenodo)
+
+RECORD, KEY = download.CHECKPOINT_RECORD_ID, download.CHECKPOINT_FILE
+TOP = "ae-nlb-2021-model-checkpoints"
+_RNG = random.Random(0)
+MEMBERS = {
+    f"{TOP}/README.md": b"AE Studio checkpoints (zenodo)\n",
+    f"{TOP}/mc_maze_small/models.csv": b",trial_id,val_ckpt,co-bps\n0,0a1b2c3d,lve,0.35\n",
+    f"{TOP}/mc_maze_small/0a1b2c3d.lve.pth": _RNG.randbytes(150_000),
+    f"{TOP}/mc_rtt/models.csv": b",trial_id,val_ckpt,co-bps\n0,deadbeef,lfve,0.19\n",
+    f"{TOP}/mc_rtt/deadbeef.lfve.pth": _RNG.randbytes(50_000),
+}
+
+
+
+CHECKPOINTS_SCRIPT = load_script("download_checkpoints")
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+
+@pytest.fixture
+def zenodo(tmp_path, monkeypatch):
+    """A started FakeServices with the Zenodo endpoint and path variables pointed at it."""
+    isolated_download_env(monkeypatch, tmp_path / "home")
+    with FakeServices() as services:
+        monkeypatch.setenv("NLB_ZENODO_API_URL", services.zenodo_api_url)
+        yield services
+
+
+@pytest.fixture
+def release_zip(zenodo) -> tuple[bytes, str]:
+    """The served checkpoint zip and its content path."""
+    data = _zip(MEMBERS)
+    return data, zenodo.add_zenodo_file(RECORD, KEY, data)
+
+
+def _release_root() -> Path:
+    return get_paths().submission_validation_root
+
+
+def _checkpoints_fail(capsys, *args: str) -> list[str]:
+    assert CHECKPOINTS_SCRIPT.main(["--quiet", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and sum(e.startswith("error: ") for e in err) == 1
+    assert "Traceback" not in "\n".join(err)
+    return err
+
+
+def test_download_checkpoints_extracts_into_dataset_layout(zenodo, release_zip, capsys):
+    """Verify that the release_zip is fetched from links.content, verified, kept, and extracted
+    with its top folder dropped: <root>/<dataset>/models.csv and <trial>.<ckpt>.pth."""
+    data, content = release_zip
+    assert CHECKPOINTS_SCRIPT.main([]) == 0
+    root = _release_root()
+    for name, member in MEMBERS.items():
+        assert (root / name.removeprefix(f"{TOP}/")).read_bytes() == member
+    assert (root / KEY).read_bytes() == data
+    assert not (root / TOP).exists()
+    assert zenodo.ranges(content) == [None]
+    assert not list(root.rglob("*.part"))
+    assert "done: 1 downloaded" in capsys.readouterr().out
+
+
+def test_download_checkpoints_skips_complete_extraction(zenodo, release_zip, capsys):
+    """Verify that a second run fetches nothing and reports the release_zip as present."""
+    assert CHECKPOINTS_SCRIPT.main([]) == 0
+    assert CHECKPOINTS_SCRIPT.main([]) == 0
+    assert len(zenodo.requests_to(release_zip[1])) == 1
+    assert "1 already present and verified" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_download_checkpoints_restores_missing_member_from_kept_zip(zenodo, release_zip):
+    """Verify that a deleted extracted file is restored from the verified zip, unchanged files
+    are left alone, and nothing is downloaded again."""
+    assert CHECKPOINTS_SCRIPT.main([]) == 0
+    root = _release_root()
+    ckpt, csv = root / "mc_maze_small/0a1b2c3d.lve.pth", root / "mc_rtt/models.csv"
+    ckpt.unlink()
+    before = csv.stat().st_mtime_ns
+    assert CHECKPOINTS_SCRIPT.main([]) == 0
+    assert ckpt.read_bytes() == MEMBERS[f"{TOP}/mc_maze_small/0a1b2c3d.lve.pth"]
+    assert csv.stat().st_mtime_ns == before
+    assert len(zenodo.requests_to(release_zip[1])) == 1
+
+
+def test_download_checkpoints_resumes_after_drop_and_server_errors(zenodo, release_zip):
+    """Verify that 503, a dropped connection and 500 are ridden out to a verified release_zip."""
+    data, content = release_zip
+    zenodo.inject(content, fail(503), drop(at=0.7), fail(500))
+    assert CHECKPOINTS_SCRIPT.main([]) == 0
+    ranges = zenodo.ranges(content)
+    assert ranges[:2] == [None, None] and len(ranges) == 4
+    assert 0 < int(ranges[3].removeprefix("bytes=").rstrip("-")) < len(data)
+    assert (_release_root() / KEY).read_bytes() == data
+
+
+def test_download_checkpoints_md5_mismatch_fails_cleanly(zenodo, capsys):
+    """Verify that an md5 mismatch stops with one line, leaving no zip and no extraction."""
+    zenodo.add_zenodo_file(RECORD, KEY, _zip(MEMBERS), md5="0" * 32)
+    err = _checkpoints_fail(capsys)
+    assert len(err) == 1 and "md5 mismatch" in err[0]
+    root = _release_root()
+    assert not (root / KEY).exists() and not (root / "mc_maze_small").exists()
+
+
+def test_download_checkpoints_refuses_parent_member(zenodo, tmp_path, capsys):
+    """Verify that a zip with a `../` member is refused before anything is extracted."""
+    evil = {**MEMBERS, f"{TOP}/../../escaped.txt": b"gotcha"}
+    zenodo.add_zenodo_file(RECORD, KEY, _zip(evil))
+    err = _checkpoints_fail(capsys)
+    assert len(err) == 1 and "outside the target folder" in err[0] and "escaped.txt" in err[0]
+    root = _release_root()
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (root / "mc_maze_small").exists()
+    assert not list(root.glob("*.extracted.json"))
+
+
+def test_download_checkpoints_dry_run_lists_archive(zenodo, release_zip, capsys):
+    """Verify that --dry-run prints the release_zip and its size and downloads nothing."""
+    assert CHECKPOINTS_SCRIPT.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert KEY in out and f"{len(release_zip[0]):,}" in out and "nothing was downloaded" in out
+    assert not zenodo.requests_to(release_zip[1])
+    assert not _release_root().exists()
+
+
+def test_download_checkpoints_names_missing_file(zenodo, capsys):
+    """Verify that a record without the release_zip fails with one line listing its files."""
+    zenodo.add_zenodo_file(RECORD, "other.zip", b"zz")
+    err = _checkpoints_fail(capsys)
+    assert len(err) == 1 and KEY in err[0] and "other.zip" in err[0]

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from yacs.config import CfgNode as CN
 
-from nlb_ndt.config import (TEMPLATE_DIR, generate_configs, get_cfg_defaults, load_config,
+from nlb_ndt.config import get_cfg_defaults, load_config
+from nlb_ndt.templates import (TEMPLATE_DIR, generate_configs,
                             render_config, template_names)
 from nlb_ndt.datasets import DATASET_NAMES, get_spec
 from nlb_ndt.paths import get_paths

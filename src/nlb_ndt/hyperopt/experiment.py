@@ -1,0 +1,274 @@
+"""One experiment of a search: its name, folder, record, resources and summary.
+
+An experiment is RAY_TUNE_HOME/<name>/<name>-s<seed>[-<profile>][-cobps][-smoke][-<n>]:
+the seed, a profile, a non-default objective and a smoke test each make a different
+experiment, and `--fresh` starts the next -<n> of the series. Its experiment_info.json
+records the settings and every session (host, argv, versions) that ran it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import ray
+from ray import tune
+
+from ..atomic import atomic_write, write_text_atomic
+from ..runs import (BASE_CONFIG_FILE, EXPERIMENT_INFO_FILE, SEARCH_SPACE_FILE, TRIALS_FILE,
+                    read_run_info)
+from ..runtime import library_versions
+from ..search_space import Dimension, to_json
+from .searcher import ACQ_FUNC, N_INITIAL_POINTS, TRIAL_INDEX_KEY, _finite
+
+logger = logging.getLogger(__name__)
+
+#: `--smoke-test`: a few epochs, so a real search finishes in seconds (CI).
+SMOKE_OVERRIDES = {
+    "TRAIN.NUM_UPDATES": 4, "TRAIN.VAL_INTERVAL": 2, "TRAIN.PATIENCE": 1000,
+    "TRAIN.LOG_INTERVAL": 2, "TRAIN.CHECKPOINT_INTERVAL": 2,
+    "TRAIN.MASK_SPAN_RAMP_START": 1, "TRAIN.MASK_SPAN_RAMP_END": 3,
+}
+SMOKE_SAMPLES = 2
+DEFAULT_SAMPLES = 100
+
+
+def experiment_base(name: str, seed: int, *, objective: str, smoke_test: bool,
+                    profile: str | None = None) -> str:
+    """The series name of an experiment: `<name>-s<seed>[-<profile>][-cobps][-smoke]`."""
+    return (f"{name}-s{seed}" + (f"-{profile}" if profile else "")
+            + ("" if objective == "best_masked_loss" else "-cobps")
+            + ("-smoke" if smoke_test else ""))
+
+
+def experiment_series(storage: Path, base: str) -> list[Path]:
+    """Existing experiments `base`, `base-2`, `base-3`, ... under `storage`, in order."""
+    found = []
+    if (storage / base).is_dir():
+        found.append((1, storage / base))
+    for path in storage.glob(f"{base}-*"):
+        suffix = path.name[len(base) + 1:]
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+def choose_experiment(storage: Path, base: str, *, fresh: bool) -> Path:
+    """The newest experiment of the series (to continue), or a new one with `fresh`."""
+    series = experiment_series(storage, base)
+    if not series:
+        return storage / base
+    if not fresh:
+        return series[-1]
+    last = series[-1].name
+    n = int(last.rsplit("-", 1)[1]) if last != base else 1
+    return storage / f"{base}-{n + 1}"
+
+
+def _restorable(exp_dir: Path) -> bool:
+    return (tune.Tuner.can_restore(str(exp_dir))
+            and any(exp_dir.glob("experiment_state-*.json")))
+
+
+def restorable(exp_dir: Path) -> bool:
+    """Whether Ray can continue the experiment in `exp_dir`."""
+    return (tune.Tuner.can_restore(str(exp_dir))
+            and any(exp_dir.glob("experiment_state-*.json")))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimension],
+                           objective: str) -> None:
+    """A continued experiment must keep its config, search space and objective."""
+    problems = []
+    saved_cfg = exp_dir / BASE_CONFIG_FILE
+    if saved_cfg.exists() and saved_cfg.read_text() != cfg_text:
+        problems.append(f"the config differs from {saved_cfg}")
+    saved_space = exp_dir / SEARCH_SPACE_FILE
+    if saved_space.exists() and json.loads(saved_space.read_text()) != to_json(dims):
+        problems.append(f"the search space differs from {saved_space}")
+    info_path = exp_dir / EXPERIMENT_INFO_FILE
+    if info_path.exists():
+        saved_objective = json.loads(info_path.read_text()).get("objective")
+        if saved_objective and saved_objective != objective:
+            problems.append(f"it optimises {saved_objective}, not {objective}")
+    if problems:
+        raise ValueError(f"cannot continue {exp_dir}: {'; '.join(problems)}. Start a new "
+                         f"experiment next to it with --fresh, or undo the change")
+
+
+def check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimension],
+                          objective: str) -> None:
+    """A continued experiment must keep its config, search space and objective."""
+    problems = []
+    saved_cfg = exp_dir / BASE_CONFIG_FILE
+    if saved_cfg.exists() and saved_cfg.read_text() != cfg_text:
+        problems.append(f"the config differs from {saved_cfg}")
+    saved_space = exp_dir / SEARCH_SPACE_FILE
+    if saved_space.exists() and json.loads(saved_space.read_text()) != to_json(dims):
+        problems.append(f"the search space differs from {saved_space}")
+    info_path = exp_dir / EXPERIMENT_INFO_FILE
+    if info_path.exists():
+        saved_objective = json.loads(info_path.read_text()).get("objective")
+        if saved_objective and saved_objective != objective:
+            problems.append(f"it optimises {saved_objective}, not {objective}")
+    if problems:
+        raise ValueError(f"cannot continue {exp_dir}: {'; '.join(problems)}. Start a new "
+                         f"experiment next to it with --fresh, or undo the change")
+
+
+def write_record(exp_dir: Path, *, resume: bool, cfg_text: str, dims: Mapping[str, Dimension],
+                 settings: Mapping[str, Any]) -> Path:
+    """Update experiment_info.json with `settings` and this session; on a new experiment
+    also write base_config.yaml and search_space.json. Returns the info file."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    info_path = exp_dir / EXPERIMENT_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    sessions = info.get("sessions", [])
+    sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "host": socket.gethostname(), "samples": settings.get("samples"),
+                     "argv": sys.argv, "versions": library_versions()})
+    info.update({
+        **settings, "experiment": exp_dir.name, "trial_seeds": "seed + trial index",
+        "searcher": {"library": "scikit-optimize", "base_estimator": "GP",
+                     "acq_func": ACQ_FUNC, "n_initial_points": N_INITIAL_POINTS,
+                     "random_state": settings.get("seed"),
+                     "pending_trials": "constant liar (cl_min)"},
+        "search_space": to_json(dims), "versions": library_versions(), "sessions": sessions,
+    })
+    _write_json(info_path, info)
+    if not resume:
+        write_text_atomic(exp_dir / BASE_CONFIG_FILE, cfg_text)
+        _write_json(exp_dir / SEARCH_SPACE_FILE, to_json(dims))
+    return info_path
+
+
+@contextlib.contextmanager
+def env_vars(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def plan_resources(cpus_per_trial: float, gpus_per_trial: float,
+                    max_concurrent: int | None) -> tuple[float, float, int]:
+    """Fit the per-trial request to the cluster so that trials can start at all."""
+    cluster = ray.cluster_resources()
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    if gpus_per_trial > 0 and gpus == 0:
+        logger.warning("no GPU in the Ray cluster: trials run on CPUs "
+                       "(gpus per trial %g -> 0)", gpus_per_trial)
+        gpus_per_trial = 0.0
+    if cpus and cpus_per_trial > cpus:
+        logger.warning("the cluster has %g CPUs: cpus per trial %g -> %g", cpus,
+                       cpus_per_trial, cpus)
+        cpus_per_trial = cpus
+    if max_concurrent is None:
+        fits = [cpus // cpus_per_trial] if cpus_per_trial > 0 and cpus else []
+        if gpus_per_trial > 0:
+            fits.append(math.floor(gpus / gpus_per_trial + 1e-9))
+        max_concurrent = int(max(1, min(fits))) if fits else 1
+    return cpus_per_trial, gpus_per_trial, int(max_concurrent)
+
+
+@dataclass
+class SearchSummary:
+    """What a search left behind.
+
+    Attributes:
+        experiment_dir: RAY_TUNE_HOME/<name>/<experiment>.
+        objective, mode: the metric the searcher optimised and its direction.
+        trials: one dict per trial: trial_id, status ("done", "stopped" or "error"),
+            the objective's value, seed, run_dir and the searched hyperparameters.
+    """
+
+    experiment_dir: Path
+    objective: str
+    mode: str
+    trials: list[dict] = field(default_factory=list)
+
+    def best(self) -> dict | None:
+        """The trial with the best finite objective (None if there is none)."""
+        scored = [t for t in self.trials if _finite(t.get(self.objective)) is not None]
+        if not scored:
+            return None
+        sign = 1 if self.mode == "min" else -1
+        return min(scored, key=lambda t: sign * t[self.objective])
+
+    def format_report(self, top: int = 10) -> str:
+        """A plain-text table of the `top` trials by objective, plus what needs doing."""
+        key, sign = self.objective, 1 if self.mode == "min" else -1
+        scored = sorted((t for t in self.trials if _finite(t.get(key)) is not None),
+                        key=lambda t: sign * t[key])
+        lines = [f"{self.experiment_dir}: {len(self.trials)} trials; best {top} by {key}:",
+                 f"{'trial':<10} {'status':<8} {key:>18} {'best_val_cobps':>15} {'seed':>6}"]
+        for t in scored[:top]:
+            cobps = _finite(t.get("best_val_cobps"))
+            lines.append(f"{t['trial_id']:<10} {t['status']:<8} {t[key]:>18.5f} "
+                         f"{cobps if cobps is not None else math.nan:>15.4f} {t['seed']:>6}")
+        failed = sum(t["status"] == "error" for t in self.trials)
+        stopped = sum(t["status"] == "stopped" for t in self.trials)
+        if failed:
+            lines.append(f"{failed} trial(s) failed: see error.txt and trial.log in their "
+                         f"folders")
+        if stopped:
+            lines.append(f"{stopped} trial(s) unfinished: run the same command again to "
+                         f"continue")
+        return "\n".join(lines)
+
+
+def summarise(results, exp_dir: Path, objective: str, mode: str,
+               dims: Mapping[str, Dimension]) -> SearchSummary:
+    summary = SearchSummary(exp_dir, objective, mode)
+    for result in results:
+        metrics = result.metrics or {}
+        config = result.config or metrics.get("config", {}) or {}
+        status = ("error" if result.error else
+                  "done" if metrics.get("finished") else "stopped")
+        # Errored trials may have reported nothing: the id ends the folder name.
+        trial_id = metrics.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1]
+        row = {"trial_id": trial_id,
+               "status": status, objective: metrics.get(objective),
+               "best_val_cobps": metrics.get("best_val_cobps"),
+               "epoch": metrics.get("epoch"), "seed": config.get("SEED"),
+               "trial_index": config.get(TRIAL_INDEX_KEY),
+               "run_dir": str(exp_dir / Path(result.path).name)}
+        row.update({key: config.get(key) for key in dims})
+        # Where the trial ran (written by the trial itself into run_info.json).
+        ran = read_run_info(row["run_dir"])
+        node = ran.get("node") or {}
+        row.update({"host": node.get("host"), "node_id": node.get("node_id"),
+                    "device": ran.get("device")})
+        summary.trials.append(row)
+    summary.trials.sort(key=lambda t: (t["trial_index"] is None, t["trial_index"]))
+    return summary
+
+
+def write_trials_csv(summary: SearchSummary) -> None:
+    if not summary.trials:
+        return
+    with atomic_write(summary.experiment_dir / TRIALS_FILE) as tmp, \
+            open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary.trials[0]))
+        writer.writeheader()
+        writer.writerows(summary.trials)

@@ -1,0 +1,223 @@
+"""`run_search`: the Bayesian search of one run, from its rendered config to a summary.
+
+    plan (config, profile, search space, experiment folder) -> tensors -> Ray (local, or a
+    cluster whose nodes must share storage) -> Tuner (new or restored) -> trials.csv
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import ray
+from ray import tune
+
+from ..config import apply_overrides, load_config, warn_inert_settings
+from ..datasets import check_bin_ms
+from ..paths import Paths, get_paths
+from ..preprocess import build_tensors
+from ..runs import EXPERIMENT_INFO_FILE, OBJECTIVES, SNAPSHOT_KINDS
+from ..search_space import Dimension, load_search_space
+from ..templates import Profile, load_profile, template_names
+from . import experiment as ex
+from .ray_compat import init_local
+from .searcher import SampleBudget, SkoptSearcher
+from .trainable import run_trial, trial_dirname
+
+logger = logging.getLogger(__name__)
+
+#: Search settings when neither the command line nor a profile sets them.
+DEFAULT_OBJECTIVE = "best_masked_loss"
+DEFAULT_GPUS_PER_TRIAL = 0.5
+DEFAULT_CPUS_PER_TRIAL = 3.0
+
+
+@dataclass
+class SearchPlan:
+    """Everything decided before Ray starts: what to train, and where."""
+
+    name: str
+    cfg_text: str
+    dims: dict[str, Dimension]
+    dataset: str
+    bin_ms: int
+    objective: str
+    samples: int
+    exp_dir: Path
+    resume: bool
+    profile: Profile | None
+    snapshots: tuple[str, ...]
+
+    @property
+    def mode(self) -> str:
+        return OBJECTIVES[self.objective]
+
+
+def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
+                objective: str, smoke_test: bool, fresh: bool, opts: Sequence[str],
+                bin_ms: int | None, profile: Profile | None) -> SearchPlan:
+    """Resolve the config (rendered config <- profile <- smoke test <- opts), the search
+    space and the experiment folder; check that a continued experiment is unchanged."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    if len(opts) % 2:
+        raise ValueError(f"--opts takes KEY VALUE pairs, got {len(opts)} items: {list(opts)}")
+    cfg_path = paths.config_dir / f"{name}.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no config {cfg_path}; run `python generate_all_configs.py` "
+                                f"(or set CONFIG_DIR). Known names: "
+                                f"{', '.join(template_names())}")
+    cfg = load_config(cfg_path, freeze=False)
+    if profile is not None:
+        cfg = apply_overrides(cfg, profile.config)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    if bin_ms is not None and int(bin_ms) != int(cfg.DATA.BIN_MS):
+        cfg.DATA.BIN_MS = check_bin_ms(int(bin_ms))
+        name = f"{name}_{bin_ms}"  # its own run: trials of different widths never mix
+    if smoke_test:
+        cfg = apply_overrides(cfg, ex.SMOKE_OVERRIDES)
+    dims = load_search_space(cfg.TRAIN.TUNE_HP_JSON, cfg)
+    clash = sorted(set(opts[0::2]) & set(dims))
+    if clash:
+        raise ValueError(f"{', '.join(clash)} is searched ({cfg.TRAIN.TUNE_HP_JSON}); "
+                         f"remove it from --opts or from the search space")
+    cfg.freeze()
+    warn_inert_settings(cfg, ndt_cache_dir=paths.ndt_cache_dir)
+    storage = paths.ray_tune_home / name
+    base = ex.experiment_base(name, seed, objective=objective, smoke_test=smoke_test,
+                              profile=profile.name if profile else None)
+    exp_dir = ex.choose_experiment(storage, base, fresh=fresh)
+    resume = ex.restorable(exp_dir)
+    cfg_text = cfg.dump()
+    if resume:
+        ex.check_same_experiment(exp_dir, cfg_text, dims, objective)
+    samples = samples or (ex.SMOKE_SAMPLES if smoke_test else ex.DEFAULT_SAMPLES)
+    snapshots = tuple(profile.snapshots) if profile and profile.snapshots else SNAPSHOT_KINDS
+    return SearchPlan(name, cfg_text, dims, cfg.DATA.DATASET, int(cfg.DATA.BIN_MS),
+                      objective, samples, exp_dir, resume, profile, snapshots)
+
+
+def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurrent: int,
+           verbose: int) -> tune.Tuner:
+    """A new Tuner for a new experiment, or the restored one (searcher, budget, trials)."""
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base_cfg=plan.cfg_text,
+                             experiment_dir=str(plan.exp_dir)),
+        {"cpu": cpus, "gpu": gpus})
+    if plan.resume:
+        # Unfinished trials continue from their state.pt; finished ones are kept as they are.
+        return tune.Tuner.restore(str(plan.exp_dir), trainable=trainable,
+                                  resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False)
+    searcher = SkoptSearcher(plan.dims, metric=plan.objective, mode=plan.mode, seed=seed)
+    search_alg = SampleBudget(ray.tune.search.ConcurrencyLimiter(searcher, max_concurrent),
+                              plan.samples, str(plan.exp_dir / EXPERIMENT_INFO_FILE))
+    reporter = tune.CLIReporter(
+        metric_columns={plan.objective: plan.objective, "best_val_cobps": "best co-bps",
+                        "masked_loss": "masked loss", "epoch": "epoch"},
+        parameter_columns={"SEED": "seed"}, sort_by_metric=True, max_report_frequency=30)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, metric=plan.objective, mode=plan.mode,
+            num_samples=plan.samples, trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=plan.exp_dir.name, storage_path=str(plan.exp_dir.parent),
+            # One retry (from the trial's own state.pt) for transient failures such as a
+            # lost node or running out of GPU memory; then the trial is recorded as errored.
+            failure_config=tune.FailureConfig(max_failures=1, fail_fast=False),
+            progress_reporter=reporter, verbose=verbose))
+
+
+def run_search(name: str, *, samples: int | None = None, seed: int = 42,
+               objective: str | None = None, gpus_per_trial: float | None = None,
+               cpus_per_trial: float | None = None, max_concurrent: int | None = None,
+               address: str | None = None, smoke_test: bool = False, fresh: bool = False,
+               opts: Sequence[str] = (), bin_ms: int | None = None,
+               profile: str | None = None, paths: Paths | None = None,
+               num_cpus: int | None = None, ray_temp_dir: str | None = None,
+               verbose: int = 1) -> ex.SearchSummary:
+    """Run (or continue) the Bayesian search for run name `name` on Ray Tune.
+
+    Reads CONFIG_DIR/<name>.yaml and its search space (TRAIN.TUNE_HP_JSON), builds the
+    cached tensors if needed, then runs trials until the experiment holds `samples`.
+
+    Args:
+        name: a dataset name or "synthetic" (a rendered config must exist).
+        samples: trials the experiment should hold (default 100; 2 with smoke_test).
+        seed: seeds the searcher; trial i trains with seed + i.
+        objective: "best_masked_loss" (minimised; the default) or "best_val_cobps".
+        gpus_per_trial, cpus_per_trial: Ray resources per trial (default 0.5 and 3;
+            fractions pack trials onto a GPU). Without GPUs in the cluster trials run on CPUs.
+        max_concurrent: trials at once (default: as many as the resources allow).
+        address: join this Ray cluster; without it a private local Ray is started.
+        smoke_test: a few epochs per trial (SMOKE_OVERRIDES), in a "-smoke" experiment.
+        fresh: start a new experiment next to the newest one instead of continuing it.
+        opts: extra config overrides ["KEY", "VALUE", ...] (not for searched keys).
+        bin_ms: train at this bin width; another width is the run "<name>_<bin_ms>".
+        profile: a named settings overlay (configs/profiles/<profile>.yaml, e.g.
+            "aesmte3"); explicit arguments still win over it.
+        paths: `nlb_ndt.paths.Paths` (default: from the environment).
+        num_cpus: CPUs of a local Ray (default: all).
+        ray_temp_dir: Ray's temp dir for a local Ray (keep it short: unix sockets).
+        verbose: Ray Tune verbosity (0-3).
+
+    Returns:
+        A SearchSummary of every trial of the experiment.
+    """
+    paths = paths or get_paths()
+    chosen = load_profile(profile) if profile else None
+
+    def setting(value, field: str, default):
+        preset = getattr(chosen, field) if chosen else None
+        if value is not None and preset is not None and value != preset:
+            logger.warning("%s %s overrides profile %s (%s)", field, value, chosen.name, preset)
+        return value if value is not None else preset if preset is not None else default
+
+    objective = setting(objective, "objective", DEFAULT_OBJECTIVE)
+    plan = plan_search(name, paths=paths, samples=samples, seed=seed, objective=objective,
+                       smoke_test=smoke_test, fresh=fresh, opts=opts, bin_ms=bin_ms,
+                       profile=chosen)
+    logger.info("%s experiment %s (%d samples%s)", "continuing" if plan.resume else "new",
+                plan.exp_dir, plan.samples, f", profile {chosen.name}" if chosen else "")
+    # Data first: trials only read the cache, and must not race to build it.
+    build_tensors(plan.dataset, phase="val", bin_ms=plan.bin_ms, paths=paths)
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        runtime_env = {"env_vars": paths.as_env()}
+        if address:
+            ray.init(address=address, runtime_env=runtime_env)
+        else:
+            init_local(num_cpus=num_cpus, temp_dir=ray_temp_dir, runtime_env=runtime_env,
+                       log_to_driver=verbose > 1)
+    try:
+        cpus, gpus, max_concurrent = ex.plan_resources(
+            setting(cpus_per_trial, "cpus_per_trial", DEFAULT_CPUS_PER_TRIAL),
+            setting(gpus_per_trial, "gpus_per_trial", DEFAULT_GPUS_PER_TRIAL), max_concurrent)
+        ex.write_record(plan.exp_dir, resume=plan.resume, cfg_text=plan.cfg_text,
+                        dims=plan.dims, settings={
+                            "name": plan.name, "dataset": plan.dataset, "bin_ms": plan.bin_ms,
+                            "objective": plan.objective, "mode": plan.mode, "seed": seed,
+                            "samples": plan.samples, "max_concurrent": max_concurrent,
+                            "smoke_test": smoke_test, "address": address,
+                            "profile": chosen.name if chosen else None,
+                            "snapshots": list(plan.snapshots),
+                            "resources_per_trial": {"cpu": cpus, "gpu": gpus},
+                            "config_file": str(paths.config_dir / f"{name}.yaml"),
+                            "opts": list(opts)})
+        tuner = _tuner(plan, seed=seed, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
+                       verbose=verbose)
+        # Ray's newer console output ignores progress reporters; ours shows the objective.
+        with ex.env_vars(RAY_AIR_NEW_OUTPUT="0"):
+            results = tuner.fit()
+        summary = ex.summarise(results, plan.exp_dir, plan.objective, plan.mode, plan.dims)
+        ex.write_trials_csv(summary)
+        return summary
+    finally:
+        if started_ray:
+            ray.shutdown()

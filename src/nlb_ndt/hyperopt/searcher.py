@@ -1,0 +1,237 @@
+"""The Bayesian searcher: skopt's Gaussian process driven through Ray Tune's Searcher API.
+
+The original searched with Ray's `SkOptSearch` (removed from Ray in 2.11) and skopt's
+defaults: a Gaussian-process surrogate, the "gp_hedge" acquisition and 10 random initial
+points. `SkoptSearcher` drives `skopt.Optimizer` with the same settings through ask/tell,
+and adds what the original lacked:
+
+- it is seeded (`--seed`), and each trial gets its own seed `seed + trial index`;
+- trials that run at the same time get distinct points (constant liar: pending points are
+  told to a copy of the optimizer with the best value seen so far before asking);
+- its state (the optimizer with its observations and random state, the pending trials)
+  is saved with the experiment, so a resumed search continues its model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import skopt
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
+from skopt.space import Categorical, Integer, Real
+
+from ..search_space import Dimension, to_json
+from .ray_compat import set_sample_budget
+
+logger = logging.getLogger(__name__)
+
+#: skopt settings of the original (SkOptSearch with skopt's defaults).
+N_INITIAL_POINTS = 10
+ACQ_FUNC = "gp_hedge"
+#: The key a suggestion carries besides the searched config keys and "SEED".
+TRIAL_INDEX_KEY = "TRIAL_INDEX"
+
+
+def skopt_dimensions(dims: Mapping[str, Dimension]) -> list:
+    """skopt dimensions for our search space (randint's upper bound is excluded)."""
+    out = []
+    for key, dim in dims.items():
+        if dim.sample_fn == "uniform":
+            out.append(Real(dim.low, dim.high, prior="uniform", name=key))
+        elif dim.sample_fn == "loguniform":
+            out.append(Real(dim.low, dim.high, prior="log-uniform", name=key))
+        elif dim.sample_fn == "randint":
+            out.append(Integer(dim.low, dim.high - 1, name=key))
+        else:
+            out.append(Categorical(list(dim.opts), name=key))
+    return out
+
+
+def _native(dim: Dimension, value: Any) -> Any:
+    """skopt's numpy scalars -> the python int / float / option yacs accepts."""
+    if dim.sample_fn == "randint":
+        return int(value)
+    if dim.sample_fn == "choice":
+        for opt in dim.opts:  # return the option object itself, not numpy's copy
+            if opt == value or str(opt) == str(value):
+                return opt
+        raise ValueError(f"{dim.key}: {value!r} is not one of {dim.opts}")
+    return float(value)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class SkoptSearcher(Searcher):
+    """A Ray Tune searcher around `skopt.Optimizer` (GP, gp_hedge, 10 random starts).
+
+    Suggestions are {dotted config key: value} plus "SEED" (= seed + trial index) and
+    "TRIAL_INDEX" (0, 1, ... in suggestion order). The first `n_initial_points`
+    suggestions are random draws that depend only on `seed`.
+
+    Args:
+        dims: the search space ({dotted key: Dimension}).
+        metric: the objective reported by trials.
+        mode: "min" or "max".
+        seed: seeds skopt and the per-trial seeds.
+        n_initial_points: random points before the surrogate is used.
+    """
+
+    def __init__(self, dims: Mapping[str, Dimension], *, metric: str, mode: str, seed: int,
+                 n_initial_points: int = N_INITIAL_POINTS):
+        super().__init__(metric=metric, mode=mode)
+        self.dims = dict(dims)
+        self.seed = int(seed)
+        self.n_initial_points = int(n_initial_points)
+        self._opt = skopt.Optimizer(
+            skopt_dimensions(self.dims), base_estimator="GP",
+            n_initial_points=self.n_initial_points, acq_func=ACQ_FUNC,
+            random_state=self.seed,
+            # Only the latest surrogate is needed; keeps the saved state small.
+            model_queue_size=1,
+        )
+        self._pending: dict[str, list] = {}  # trial id -> point being evaluated
+        self._last: dict[str, float] = {}  # trial id -> last finite objective reported
+        self._n_suggested = 0
+
+    # --- Ray's Searcher interface
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec) -> bool:
+        if (metric and self._metric and metric != self._metric) or (
+                mode and self._mode and mode != self._mode):
+            return False
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        x = self._next_point()
+        self._pending[trial_id] = x
+        index = self._n_suggested
+        self._n_suggested += 1
+        config = {key: _native(dim, v) for (key, dim), v in zip(self.dims.items(), x)}
+        config["SEED"] = self.seed + index
+        config[TRIAL_INDEX_KEY] = index
+        logger.debug("trial %s (#%d): %s", trial_id, index, config)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = _finite(result.get(self._metric))
+        if value is not None:
+            self._last[trial_id] = value
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        x = self._pending.pop(trial_id, None)
+        last = self._last.pop(trial_id, None)
+        if x is None:
+            return
+        value = _finite((result or {}).get(self._metric))
+        if value is None:
+            # An errored trial (NaN loss, out of memory) still measured its best value
+            # up to the failure; without any, its point is dropped, as the original did.
+            value = last
+        if value is None:
+            logger.warning("trial %s ended without a finite %s; not told to the optimizer",
+                           trial_id, self._metric)
+            return
+        self._opt.tell(x, value if self._mode == "min" else -value)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+    def get_state(self) -> dict:
+        return {
+            "format": 1, "search_space": to_json(self.dims), "seed": self.seed,
+            "metric": self._metric, "mode": self._mode,
+            "n_initial_points": self.n_initial_points, "n_suggested": self._n_suggested,
+            "pending": dict(self._pending), "last": dict(self._last),
+            # The whole optimizer: its observations (Xi, yi), surrogate, hedge gains and
+            # random state, so a restored searcher asks exactly what this one would.
+            "optimizer": self._opt,
+            "Xi": list(self._opt.Xi), "yi": [float(y) for y in self._opt.yi],
+        }
+
+    def set_state(self, state: dict) -> None:
+        if state.get("search_space") != to_json(self.dims):
+            raise ValueError("the saved searcher state belongs to a different search space; "
+                             "start a new experiment with --fresh")
+        self.seed = state["seed"]
+        self._metric, self._mode = state["metric"], state["mode"]
+        self.n_initial_points = state["n_initial_points"]
+        self._n_suggested = state["n_suggested"]
+        self._pending, self._last = dict(state["pending"]), dict(state["last"])
+        self._opt = state["optimizer"]
+
+    # --- internals
+    @property
+    def n_told(self) -> int:
+        """Points whose objective the optimizer has been told."""
+        return len(self._opt.yi)
+
+    def _next_point(self) -> list:
+        pending = list(self._pending.values())
+        if not pending or self.n_told + len(pending) < self.n_initial_points:
+            # Random phase (draws from the optimizer's seeded stream), or nothing pending.
+            x = self._opt.ask()
+        else:
+            # Constant liar (cl_min): pretend each pending point scored the best value so
+            # far, refit a copy, ask it. The copy's random state is drawn from ours, so
+            # the sequence stays a function of the seed and the order of events.
+            lie = float(np.min(self._opt.yi)) if self._opt.yi else 0.0
+            opt = copy.deepcopy(self._opt)  # (skopt's own copy() would refit once more)
+            opt.rng = np.random.RandomState(self._opt.rng.randint(0, 2**31 - 1))
+            opt.tell(pending, [lie] * len(pending))
+            x = opt.ask()
+        if x in pending or x in self._opt.Xi:
+            # Integer / categorical spaces can run out of new acquisition optima.
+            x = self._opt.space.rvs(random_state=self._opt.rng)[0]
+        return list(x)
+
+
+class SampleBudget(SearchGenerator):
+    """Ray's SearchGenerator, except that a restored experiment takes its sample budget
+    (and concurrency) from experiment_info.json rather than from the first run.
+
+    Ray restores an experiment with the `num_samples` it started with and has no public
+    way to change it (restore is meant for fault tolerance). Re-running with a larger
+    `--samples` must add trials, so the budget lives in our own file, which
+    `run_search` rewrites before every fit.
+    """
+
+    def __init__(self, searcher: Searcher, samples: int, info_file: str):
+        super().__init__(searcher)
+        self._budget = int(samples)
+        self._info_file = info_file
+
+    def add_configurations(self, experiments) -> None:
+        super().add_configurations(experiments)
+        set_sample_budget(self, self._budget)
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        budget, concurrency = self._budget, None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            info = json.loads(Path(self._info_file).read_text())
+            budget, concurrency = int(info["samples"]), int(info["max_concurrent"])
+        set_sample_budget(self, budget)
+        if concurrency and isinstance(self.searcher, ConcurrencyLimiter):
+            self.searcher.max_concurrent = concurrency

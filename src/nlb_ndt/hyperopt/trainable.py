@@ -1,0 +1,87 @@
+"""The Ray Tune trainable: one trial = one `train_model` run in the trial's own folder."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from ..config import apply_overrides, load_config_text
+from ..runs import SNAPSHOT_DIR, TRIAL_LOG
+from ..train import train_model
+from .searcher import TRIAL_INDEX_KEY
+
+logger = logging.getLogger(__name__)
+
+
+def trial_dirname(trial) -> str:
+    """Trial folder name: `trial_<index>_<ray trial id>` (sorts in suggestion order)."""
+    index = trial.config.get(TRIAL_INDEX_KEY, 0)
+    return f"trial_{int(index):04d}_{trial.trial_id}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    with contextlib.suppress(TypeError, ValueError):
+        return float(value)
+    return str(value)
+
+
+def run_trial(config: dict, *, base_cfg: str, experiment_dir: str) -> None:
+    """Ray Tune function trainable: train one model with the suggested hyperparameters.
+
+    The run folder is the trial's own folder under `experiment_dir` (Ray's
+    `get_trial_dir()` is a local staging copy in Ray's temp dir, and the worker's working
+    directory is moved there too, so neither is used). Metrics go to Tune after every
+    validation; a restarted trial continues from its `state.pt`.
+
+    Args:
+        config: the suggestion (dotted config keys, "SEED", "TRIAL_INDEX").
+        base_cfg: the experiment's resolved config (YAML text).
+        experiment_dir: RAY_TUNE_HOME/<name>/<experiment> on shared storage.
+    """
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    run_dir = Path(experiment_dir) / Path(ctx.get_trial_dir()).name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX_KEY}
+    # Snapshots go into the trial's own folder (the rendered config's CHECKPOINT_DIR is
+    # for single runs), as the original's trainable did; relative to run_dir.
+    overrides.update({"TRAIN.TUNE_MODE": True, "CHECKPOINT_DIR": f"{SNAPSHOT_DIR}/"})
+    cfg = apply_overrides(load_config_text(base_cfg), overrides)
+    cfg.freeze()
+
+    # Ray workers have no logging set up: keep the library's log in the trial folder.
+    pkg_logger = logging.getLogger("nlb_ndt")
+    handler = logging.FileHandler(run_dir / TRIAL_LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = pkg_logger.level
+    pkg_logger.addHandler(handler)
+    pkg_logger.setLevel(logging.INFO)
+    reported = []
+
+    def report(metrics: dict) -> None:
+        # Ray reads a "done" key as "stop this trial now"; train_model still has files to
+        # write after its last report, so it travels as "finished".
+        out = {k: _plain(v) for k, v in metrics.items() if k != "done"}
+        out["finished"] = bool(metrics.get("done", False))
+        out["seed"] = int(cfg.SEED)
+        reported.append(out)
+        tune.report(out)
+
+    try:
+        logger.info("trial %s (seed %d) in %s", trial_id, cfg.SEED, run_dir)
+        final = train_model(cfg, run_dir=run_dir, trial_id=trial_id, report=report)
+        if not reported:  # a finished run resumed: its results still reach Tune
+            report(final)
+    except Exception:
+        logger.exception("trial %s failed", trial_id)
+        raise
+    finally:
+        pkg_logger.removeHandler(handler)
+        pkg_logger.setLevel(old_level)
+        handler.close()

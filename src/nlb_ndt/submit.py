@@ -1,0 +1,238 @@
+"""The make-submission stage: rank, choose the ensemble, write the h5, score it, plot.
+
+    rank_snapshots -> choose_ensemble (the size sweep on val) -> the members' mean rates
+    on the phase's trials -> submission h5 (EvalAI layout) -> local scores (JSON + table)
+
+Checkpoint files are read by nlb_ndt.ranking and nlb_ndt.inference, the file format is
+nlb_ndt.submission and the scorer nlb_ndt.evaluation; this module only composes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import plots, preprocess
+from .atomic import atomic_write, write_text_atomic
+from .datasets import SCALING_DATASETS, SYNTHETIC_MARKER, check_phase, get_spec
+from .ensemble import choose_size, ensemble_curve
+from .evaluation import save_scores, score_submission
+from .inference import ensemble_rates
+from .paths import get_paths
+from .ranking import cached_heldout, rank_snapshots, work_dir
+from .runs import (SNAPSHOT_KINDS, experiment_records, read_trial_histories, run_settings,
+                   search_objective, trial_dirs)
+from .runtime import resolve_device
+from .submission import (SubmissionError, build_submission, group_shapes, trial_counts,
+                         warn_scaling, write_submission)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SubmissionResult:
+    """What `make_submission` wrote and scored.
+
+    Attributes:
+        path: the submission h5.
+        phase: "val" or "test".
+        scores: one row per group (evaluation.score_submission), or None when unscored.
+        reason: why the file is unscored ("" when scored).
+        target: the ground truth scored against (None when unscored).
+        scores_path: the JSON written beside the h5.
+        ensembles: per run name, the ensemble choice (chosen_n, argmax_n, members, ...).
+        figures: every PNG written.
+    """
+
+    path: Path
+    phase: str
+    scores: list[dict] | None
+    reason: str
+    target: str | None
+    scores_path: Path
+    ensembles: dict[str, dict] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+
+
+def default_output(names: Sequence[str], phase: str, *, paths=None) -> Path:
+    """`<submissions_dir>/<NAME>/submission-<phase>.h5`; several names share one folder
+    (`mc_maze_scaling` for the three scaling datasets, else the names joined by '+')."""
+    paths = paths or get_paths()
+    if len(names) == 1:
+        folder = names[0]
+    elif sorted(names) == sorted(SCALING_DATASETS):
+        folder = "mc_maze_scaling"
+    else:
+        folder = "+".join(names)
+    return paths.submissions_dir / folder / f"submission-{phase}.h5"
+
+
+def scores_path_for(path: str | Path) -> Path:
+    """The scores JSON beside a submission: submission-val.h5 -> submission-val.scores.json."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.scores.json")
+
+
+def choose_ensemble(name: str, ranking, *, spikes_heldout: np.ndarray, out_dir: Path,
+                    max_ensemble: int = 50, ensemble_size: int | str = "auto") -> dict:
+    """Sweep N = 1..M on val, pick the argmax (or the override), write the curve.
+
+    Writes `ensemble.csv` (n, co-bps, the n-th member), `ensemble.json` (the choice and
+    its members) and `ensemble.png` into `out_dir`.
+
+    Returns:
+        the ensemble.json content.
+    """
+    if max_ensemble < 1:
+        raise ValueError(f"--max-ensemble must be >= 1, not {max_ensemble}")
+    override = ensemble_size not in (None, "auto")
+    if override and not 1 <= int(ensemble_size) <= len(ranking):
+        raise ValueError(f"--ensemble-size {ensemble_size}: {name} has {len(ranking)} "
+                         f"snapshots")
+    # The sweep always covers an overriding N, so its val co-bps is on the curve too.
+    m = min(max(max_ensemble, int(ensemble_size) if override else 1), len(ranking))
+    curve = ensemble_curve(cached_heldout(ranking.head(m), out_dir), spikes_heldout)
+    best = choose_size(curve)
+    chosen, how = ((int(ensemble_size), "--ensemble-size") if override
+                   else (best, "argmax of val co-bps"))
+    members = ranking.head(chosen)
+    top = ranking.head(m)
+    table = pd.DataFrame({"n": np.arange(1, m + 1), "co-bps": curve,
+                          "member_trial_id": top["trial_id"].to_numpy(),
+                          "member_val_ckpt": top["val_ckpt"].to_numpy(),
+                          "member_co-bps": top["co-bps"].to_numpy()})
+    with atomic_write(out_dir / "ensemble.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    choice = {
+        "name": name, "max_ensemble": m, "argmax_n": best,
+        "argmax_co-bps": float(curve[best - 1]), "chosen_n": chosen, "chosen_by": how,
+        "chosen_co-bps": float(curve[chosen - 1]),
+        "best_single_co-bps": float(curve[0]),
+        "members": [{"trial_id": r["trial_id"], "val_ckpt": r["val_ckpt"],
+                     "co-bps": float(r["co-bps"]), "path": r["path"]}
+                    for r in members.to_dict("records")],
+    }
+    write_text_atomic(out_dir / "ensemble.json", json.dumps(choice, indent=2) + "\n")
+    plots.plot_ensemble_curve(curve, out_dir / "ensemble.png", chosen=chosen, argmax=best,
+                              title=f"{name}: ensemble size sweep (val)")
+    log.info("%s: best single val co-bps %.4f; top-%d mean %.4f (argmax N=%d); using N=%d",
+             name, curve[0], best, curve[best - 1], best, chosen)
+    return choice
+
+
+def default_snapshot_kinds(name: str, *, paths=None) -> tuple[str, ...]:
+    """The candidates a run's search recorded (its profile's; aesmte3: lve, lfve), else all."""
+    for record in experiment_records(name, paths=paths):
+        kinds = record.get("snapshots")
+        if kinds:
+            return tuple(kinds)
+    return SNAPSHOT_KINDS
+
+
+def _synthetic(dataset: str, paths) -> bool:
+    return (paths.data_raw / get_spec(dataset).dandiset_id / SYNTHETIC_MARKER).is_file()
+
+
+def make_submission(names: Sequence[str], *, phase: str = "val",
+                    ensemble_size: int | str = "auto", max_ensemble: int = 50,
+                    out: str | Path | None = None, overwrite: bool = False,
+                    device: str | None = "auto", ground_truth: str | Path | None = None,
+                    snapshots: Sequence[str] | None = None,
+                    paths=None) -> SubmissionResult:
+    """Rank, choose N, average the top N for `phase`, write the h5, score it, plot.
+
+    Args:
+        names: run names (datasets or "synthetic"); all go into one file (so the three
+            scaling datasets, named together, share a file as the scorer requires).
+        phase: "val" (rates on the val trials, scored against the val target) or "test"
+            (rates on the test trials, scored against `paths.eval_data_test` when present).
+        ensemble_size: "auto" (argmax of the val curve) or N.
+        max_ensemble: M, the largest N swept.
+        out: the h5 to write (default `default_output`).
+        overwrite: replace an existing h5 and its scores JSON.
+        device: where models run.
+        ground_truth: the test-split ground truth (default `paths.eval_data_test`).
+        snapshots: the snapshot kinds that are candidates (default: what the run's
+            search recorded, from its profile; else all three).
+        paths: resolved paths (default: from the environment).
+
+    Returns:
+        A SubmissionResult (the scores are also written to `scores_path_for(out)`).
+    """
+    paths = paths or get_paths()
+    check_phase(phase)
+    names = list(dict.fromkeys(names))
+    settings = {name: run_settings(name, paths=paths) for name in names}
+    groups = [s.group for s in settings.values()]
+    if len(set(groups)) < len(groups):
+        raise ValueError(f"runs {', '.join(names)} would write the same group twice "
+                         f"({', '.join(groups)}); name each dataset once")
+    out = Path(out) if out is not None else default_output(names, phase, paths=paths)
+    scores_path = scores_path_for(out)
+    for existing in (out, scores_path):
+        if existing.exists() and not overwrite:
+            raise FileExistsError(f"{existing} exists; pass --overwrite to replace it")
+    device = resolve_device(device)
+
+    rates, expected, ensembles, figures, val_targets = {}, {}, {}, [], {}
+    for name, s in settings.items():
+        wdir = work_dir(name, paths=paths)
+        kinds = tuple(snapshots) if snapshots else default_snapshot_kinds(name, paths=paths)
+        ranking = rank_snapshots(name, paths=paths, out_dir=wdir, device=device, kinds=kinds)
+        val_targets[s.group] = preprocess.load_val_target(
+            s.dataset, bin_ms=s.bin_ms, paths=paths)[s.group]
+        ensembles[name] = choose_ensemble(
+            name, ranking, spikes_heldout=np.asarray(val_targets[s.group]["eval_spikes_heldout"]),
+            out_dir=wdir, max_ensemble=max_ensemble, ensemble_size=ensemble_size)
+        figures.append(wdir / "ensemble.png")
+        trials = read_trial_histories(trial_dirs(name, paths=paths))
+        if trials:
+            figures.append(plots.plot_search(trials, wdir / "search.png",
+                                             title=f"{name}: {len(trials)} trials",
+                                             objective=search_objective(name, paths=paths)))
+        tensors = preprocess.load_tensors(s.dataset, phase=phase, bin_ms=s.bin_ms,
+                                          paths=paths)
+        expected[s.group] = group_shapes(s.dataset, bin_ms=s.bin_ms, **trial_counts(tensors))
+        members = [m["path"] for m in ensembles[name]["members"]]
+        log.info("%s: averaging %d snapshots on the %s-phase trials", name, len(members), phase)
+        rates[s.group] = ensemble_rates(members, train_heldin=tensors["train_spikes_heldin"],
+                                        eval_heldin=tensors["eval_spikes_heldin"],
+                                        device=device)
+        del tensors
+    data = build_submission(rates, expected=expected)
+    warn_scaling([s.group for s in settings.values() if not _synthetic(s.dataset, paths)])
+    write_submission(data, out, overwrite=overwrite)
+
+    # Score the file as written (read back from disk), not the arrays in memory.
+    scores, reason, target = None, "", None
+    truth = Path(ground_truth) if ground_truth is not None else paths.eval_data_test
+    if phase == "val":
+        target = "val split (make_eval_target_tensors, train='train', eval='val')"
+        scores = score_submission(val_targets, str(out), groups=groups)
+    elif truth.is_file():
+        try:
+            scores = score_submission(str(truth), str(out), groups=groups)
+            target = str(truth)
+        except SubmissionError as exc:  # e.g. ground truth without this dataset's group
+            reason = f"the ground truth cannot score this file: {exc}"
+            log.warning("UNSCORED: %s", reason)
+    else:
+        reason = (f"no test-split ground truth at {truth}; fetch it with "
+                  f"`python download_data.py --eval-data` and re-run with --overwrite")
+        log.warning("UNSCORED: %s", reason)
+
+    save_scores(scores_path, {
+        "file": str(out), "phase": phase, "scored": scores is not None,
+        "reason": reason or None, "target": target, "scores": scores or [],
+        "ensembles": ensembles, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return SubmissionResult(path=out, phase=phase, scores=scores, reason=reason,
+                            target=target, scores_path=scores_path, ensembles=ensembles,
+                            figures=figures)
