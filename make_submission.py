@@ -10,11 +10,14 @@ datasets together).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from nlb_ndt.cli import make_parser, run
 from nlb_ndt.datasets import PHASES
+from nlb_ndt.runs import SNAPSHOT_KINDS
+from nlb_ndt.ensemble import ENSEMBLE_METHODS
 
 
 def _size(text: str) -> int | str:
@@ -23,6 +26,15 @@ def _size(text: str) -> int | str:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"--ensemble-size must be 'auto' or a positive integer, not {text!r}")
     return int(text)
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in SNAPSHOT_KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown snapshot kind(s) {', '.join(bad) or text!r}; "
+                                         f"choose from {','.join(SNAPSHOT_KINDS)}")
+    return kinds
 
 
 def main(argv=None) -> int:
@@ -38,23 +50,39 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing submission and its scores")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--snapshots", type=_kinds, default=None,
+                        help="snapshot kinds that are candidates, e.g. lve,lfve (default: "
+                             "the search profile's, else lve,lfve,cobps)")
+    parser.add_argument("--ensemble-method", choices=ENSEMBLE_METHODS, default="topn",
+                        help="topn: mean of the N best (AESMTE3); greedy: forward selection "
+                             "with replacement on val co-bps")
+    parser.add_argument("--refit", action="store_true",
+                        help="test phase: retrain each member on train+val (same seed, its "
+                             "snapshot's epochs) and average those; refused for --phase val")
 
     def body(args) -> int:
         from nlb_ndt.evaluation import format_scores
         from nlb_ndt.submit import make_submission
 
+        if args.refit and args.phase != "test":
+            raise ValueError("--refit applies to --phase test only: the val trials chose the "
+                             "ensemble, so a model trained on them cannot be scored on them")
         result = make_submission(args.names, phase=args.phase,
                                  ensemble_size=_size(args.ensemble_size),
                                  max_ensemble=args.max_ensemble, out=args.out,
-                                 overwrite=args.overwrite, device=args.device)
+                                 overwrite=args.overwrite, device=args.device,
+                                 snapshots=args.snapshots,
+                                 ensemble_method=args.ensemble_method, refit=args.refit)
         for name, ens in result.ensembles.items():
-            print(f"{name}: ensemble of {ens['chosen_n']} ({ens['chosen_by']}; "
-                  f"best N on val = {ens['argmax_n']})")
+            print(f"{name}: {ens['method']} ensemble of {ens['chosen_n']} "
+                  f"({ens['distinct_members']} distinct; {ens['chosen_by']}; "
+                  f"best top-N on val = {ens['argmax_n']})")
         print(f"wrote {result.path}")
         if result.scores is None:
             print(f"UNSCORED: {result.reason}")
         else:
-            print(f"scores ({result.phase} phase, against {result.target}):")
+            models = ", models refitted on train+val" if result.refit else ""
+            print(f"scores ({result.phase} phase{models}, against {result.target}):")
             print(format_scores(result.scores))
         print(f"scores saved to {result.scores_path}")
         return 0

@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import sys
 
-from nlb_ndt.cli import make_parser, run
+from nlb_ndt.cli import make_parser, non_negative_float, positive_int, run
+from nlb_ndt.templates import profile_names
 
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("name", metavar="NAME",
                         help="a dataset (mc_maze, mc_rtt, ...) or 'synthetic'")
-    parser.add_argument("--samples", type=int, default=None,
+    parser.add_argument("--samples", type=positive_int, default=None,
                         help="trials the experiment should hold; None means 100 "
                              "(2 with --smoke-test)")
     parser.add_argument("--seed", type=int, default=42,
                         help="seeds the searcher; trial i trains with seed + i")
-    parser.add_argument("--objective", default="best_masked_loss",
+    parser.add_argument("--objective", default=None,
                         choices=("best_masked_loss", "best_val_cobps"),
-                        help="minimise best masked val loss (the original) "
+                        help="minimise best masked val loss (the original; the default) "
                              "or maximise val co-bps")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.5,
-                        help="GPU share per trial (0.125 packs 8 trials on a GPU); "
-                             "no GPU in the cluster: CPU trials")
-    parser.add_argument("--cpus-per-trial", type=float, default=3, help="CPUs per trial")
-    parser.add_argument("--max-concurrent", type=int, default=None,
+    parser.add_argument("--gpus-per-trial", type=non_negative_float, default=None,
+                        help="GPU share per trial (default 0.5; 0.125 packs 8 trials on a "
+                             "GPU); no GPU in the cluster: CPU trials")
+    parser.add_argument("--cpus-per-trial", type=non_negative_float, default=None,
+                        help="CPUs per trial (default 3)")
+    parser.add_argument("--max-concurrent", type=positive_int, default=None,
                         help="trials at once (default: as many as the resources allow)")
     parser.add_argument("--address", default=None,
                         help="join this Ray cluster (e.g. 'auto' or HOST:PORT); "
@@ -42,6 +44,10 @@ def main(argv=None) -> int:
     parser.add_argument("--bin-ms", type=int, default=None, choices=(5, 20),
                         help="bin width in ms (default: the config's); 20 is NLB's 20 ms "
                              "track, a separate run named NAME_20 (e.g. mc_maze_small_20)")
+    parser.add_argument("--profile", default=None, choices=profile_names(),
+                        help="a named settings set from configs/profiles/; 'aesmte3' "
+                             "reproduces the original exactly (fp32, its AdamW and lfve, "
+                             "lve+lfve snapshots, masked-loss objective)")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. --opts TRAIN.BATCH_SIZE 32")
 
@@ -53,7 +59,7 @@ def main(argv=None) -> int:
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
             max_concurrent=args.max_concurrent, address=args.address,
             smoke_test=args.smoke_test, fresh=args.fresh, opts=args.opts,
-            bin_ms=args.bin_ms,
+            bin_ms=args.bin_ms, profile=args.profile,
             verbose=0 if args.quiet else 1)
         print(summary.format_report(top=10))
         return 0

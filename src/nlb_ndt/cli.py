@@ -14,9 +14,16 @@ from typing import Callable, Sequence
 from .log import setup_logging
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are reported like every other error: one line, then exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def make_parser(description: str) -> argparse.ArgumentParser:
     """An ArgumentParser with the common `--debug` and `--quiet` flags."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -43,3 +50,25 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if code is None else int(code)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (checked before any file is looked at)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 _C = CN()
 _C.SEED = 100  # base random seed (python, numpy, torch); a search derives one per trial
 _C.VARIANT = "experiment"  # run name; prefix of snapshot files outside a search
-_C.USE_TENSORBOARD = False  # write TensorBoard events (off: a CSV history is always written)
+_C.USE_TENSORBOARD = True  # TensorBoard curves per run in TENSORBOARD_DIR (metrics.csv is always written)
 _C.TENSORBOARD_DIR = "tb/"  # TensorBoard folder (relative to the run folder)
 _C.CHECKPOINT_DIR = "ckpts/"  # snapshot folder (relative to the run folder unless absolute)
 _C.LOG_DIR = "logs/"  # log folder (relative to the run folder)
@@ -44,6 +44,7 @@ _C.DATA.VAL_FILENAME = "train.h5"  # always the same file as TRAIN_FILENAME (val
 _C.DATA.TEST_FILENAME = "test.h5"  # cached test-phase file name
 _C.DATA.OVERFIT_TEST = False  # original debugging switch (unused)
 _C.DATA.RANDOM_SUBSET_TRIALS = 1.0  # fraction of training trials to use (1.0 = all)
+_C.DATA.TRAIN_SPLITS = "train"  # "train", or "train+val" (a test-phase refit: no validation)
 _C.DATA.LOG_EPSILON = 1e-7  # original: log offset for ground-truth rates (unused for NLB)
 
 _C.MODEL = CN()
@@ -102,6 +103,7 @@ _C.TRAIN.LR.WARMUP = 1000  # warmup length in epochs
 _C.TRAIN.WEIGHT_DECAY = 0.0  # AdamW decoupled weight decay (on every parameter, as the original)
 _C.TRAIN.EPS = 1e-8  # AdamW epsilon
 _C.TRAIN.OPTIMIZER = "adamw"  # "adamw" (torch.optim.AdamW) or "adamw_legacy" (the original's arithmetic)
+_C.TRAIN.STOP_AT_EPOCH = 0  # stop after this epoch (0: NUM_UPDATES); the schedule still spans NUM_UPDATES
 _C.TRAIN.PATIENCE = 750  # stop when the best masked val loss is this many epochs old
 _C.TRAIN.CHECKPOINT_INTERVAL = 1000  # epochs between resumable state saves
 _C.TRAIN.LOG_INTERVAL = 50  # epochs between progress log lines
@@ -144,7 +146,7 @@ INERT_KEYS: dict[str, str] = {
 #: Keys the original did not have; its checkpoints and configs get these defaults.
 ADDED_KEYS = ("SYSTEM.DEVICE", "DATA.DATASET", "DATA.BIN_MS", "MODEL.FAST_ATTENTION", "TRAIN.LFVE_LEGACY",
               "TRAIN.VAL_MASK_SEED", "TRAIN.DATA_ON_DEVICE", "TRAIN.AMP", "TRAIN.COMPILE",
-              "TRAIN.OPTIMIZER")
+              "TRAIN.OPTIMIZER", "TRAIN.STOP_AT_EPOCH", "DATA.TRAIN_SPLITS")
 
 
 def get_cfg_defaults() -> CN:

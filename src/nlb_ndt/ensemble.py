@@ -24,6 +24,10 @@ from .metrics import co_bps
 
 logger = logging.getLogger(__name__)
 
+#: How an ensemble's members are chosen: the top N of the ranking (AESMTE3), or greedy
+#: forward selection with replacement (`greedy_selection`).
+ENSEMBLE_METHODS = ("topn", "greedy")
+
 
 class RunningMean:
     """Mean of rate dicts added one at a time, holding one float64 sum per key.

@@ -32,6 +32,7 @@ STATE_FILE = "state.pt"
 TRIAL_LOG = "trial.log"
 PARAMS_FILE = "params.json"  # Ray's record of a trial's suggestion
 SNAPSHOT_DIR = "ckpts"
+REFIT_DIR = "refit"  # a trial's refits on train+val (nlb_ndt.refit): not trials themselves
 
 # Files of an experiment folder.
 EXPERIMENT_INFO_FILE = "experiment_info.json"
@@ -42,6 +43,8 @@ TRIALS_FILE = "trials.csv"
 #: The snapshots of a run, each overwritten when its metric improves:
 #: lve = lowest masked val loss, lfve = lowest unmasked val loss, cobps = best val co-bps.
 SNAPSHOT_KINDS = ("lve", "lfve", "cobps")
+#: The last epoch's model of a run without a val split (a refit on train+val); never ranked.
+FINAL_KIND = "final"
 #: Columns of metrics.csv, one row per validation.
 METRIC_FIELDS = ("epoch", "train_loss", "lr", "masked_loss", "unmasked_loss", "val_cobps",
                  "best_masked_loss", "best_unmasked_loss", "best_val_cobps", "done",
@@ -53,7 +56,7 @@ OBJECTIVES = {"best_masked_loss": "min", "best_val_cobps": "max"}
 def snapshot_path(run_dir: str | Path, trial_id: str, kind: str,
                   checkpoint_dir: str | Path = SNAPSHOT_DIR) -> Path:
     """`<run_dir>/<checkpoint_dir>/<trial_id>.<kind>.pth` (checkpoint_dir may be absolute)."""
-    if kind not in SNAPSHOT_KINDS:
+    if kind not in (*SNAPSHOT_KINDS, FINAL_KIND):
         raise ValueError(f"unknown snapshot kind {kind!r}; kinds: {', '.join(SNAPSHOT_KINDS)}")
     folder = Path(checkpoint_dir)
     if not folder.is_absolute():
@@ -129,9 +132,10 @@ def find_snapshots(name: str, *, paths: Paths | None = None,
     found = []
     for path in sorted(root.rglob("*.pth")) if root.is_dir() else []:
         stem, _, kind = path.stem.rpartition(".")
-        if kind not in kinds or not stem or path.parent.name != SNAPSHOT_DIR:
-            continue
         rel = path.relative_to(root)
+        if kind not in kinds or not stem or path.parent.name != SNAPSHOT_DIR or \
+                REFIT_DIR in rel.parts:
+            continue
         found.append(Snapshot(path=path.resolve(), trial_id=stem, val_ckpt=kind,
                               experiment=rel.parts[0] if len(rel.parts) > 3 else "",
                               trial_dir=path.parent.parent.resolve(),
@@ -146,7 +150,8 @@ def find_snapshots(name: str, *, paths: Paths | None = None,
 def trial_dirs(name: str, *, paths: Paths | None = None) -> list[Path]:
     """Every trial folder (one holding a metrics.csv) under `$RAY_TUNE_HOME/<NAME>/`."""
     root = (paths or get_paths()).ray_tune_home / name
-    return sorted({p.parent for p in root.rglob(METRICS_FILE)}) if root.is_dir() else []
+    found = root.rglob(METRICS_FILE) if root.is_dir() else []
+    return sorted({p.parent for p in found if REFIT_DIR not in p.relative_to(root).parts})
 
 
 def trial_hyperparameters(trial_dir: Path) -> dict[str, object]:

@@ -22,11 +22,12 @@ import pandas as pd
 from . import plots, preprocess
 from .atomic import atomic_write, write_text_atomic
 from .datasets import SCALING_DATASETS, SYNTHETIC_MARKER, check_phase, get_spec
-from .ensemble import choose_size, ensemble_curve
+from .ensemble import ENSEMBLE_METHODS, choose_size, ensemble_curve, greedy_selection
 from .evaluation import save_scores, score_submission
 from .inference import ensemble_rates
 from .paths import get_paths
 from .ranking import cached_heldout, rank_snapshots, work_dir
+from .refit import refit_members
 from .runs import (SNAPSHOT_KINDS, experiment_records, read_trial_histories, run_settings,
                    search_objective, trial_dirs)
 from .runtime import resolve_device
@@ -49,6 +50,7 @@ class SubmissionResult:
         scores_path: the JSON written beside the h5.
         ensembles: per run name, the ensemble choice (chosen_n, argmax_n, members, ...).
         figures: every PNG written.
+        refit: whether the models were refitted on train+val (test phase only).
     """
 
     path: Path
@@ -59,6 +61,7 @@ class SubmissionResult:
     scores_path: Path
     ensembles: dict[str, dict] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
+    refit: bool = False  # the test-phase models were retrained on train+val
 
 
 def default_output(names: Sequence[str], phase: str, *, paths=None) -> Path:
@@ -80,50 +83,91 @@ def scores_path_for(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.scores.json")
 
 
-def choose_ensemble(name: str, ranking, *, spikes_heldout: np.ndarray, out_dir: Path,
-                    max_ensemble: int = 50, ensemble_size: int | str = "auto") -> dict:
-    """Sweep N = 1..M on val, pick the argmax (or the override), write the curve.
+def _member(row: dict, count: int = 1) -> dict:
+    return {"trial_id": row["trial_id"], "val_ckpt": row["val_ckpt"],
+            "co-bps": float(row["co-bps"]), "path": row["path"],
+            "epoch": None if pd.isna(row.get("epoch")) else int(row["epoch"]), "count": count}
 
-    Writes `ensemble.csv` (n, co-bps, the n-th member), `ensemble.json` (the choice and
-    its members) and `ensemble.png` into `out_dir`.
+
+def choose_ensemble(name: str, ranking, *, spikes_heldout: np.ndarray, out_dir: Path,
+                    max_ensemble: int = 50, ensemble_size: int | str = "auto",
+                    method: str = "topn") -> dict:
+    """Sweep the ensemble size on val, pick the members, write the curve(s).
+
+    topn (AESMTE3): the mean of the top N snapshots for N = 1..M, N the argmax (or the
+    override). greedy: forward selection with replacement over every ranked snapshot for
+    M steps (ensemble.greedy_selection), keeping its best prefix; the top-N curve is
+    computed too, so the plot and ensemble.csv show both. Snapshots' val rates come from
+    the ranking's cache (memory-mapped): no model runs here.
+
+    Writes `ensemble.csv` (per size: the top-N co-bps and member, the greedy co-bps and
+    the snapshot it added), `ensemble.json` (the choice, its members with multiplicities)
+    and `ensemble.png` into `out_dir`.
 
     Returns:
         the ensemble.json content.
     """
     if max_ensemble < 1:
         raise ValueError(f"--max-ensemble must be >= 1, not {max_ensemble}")
+    if method not in ENSEMBLE_METHODS:
+        raise ValueError(f"unknown ensemble method {method!r}; choose from "
+                         f"{', '.join(ENSEMBLE_METHODS)}")
     override = ensemble_size not in (None, "auto")
-    if override and not 1 <= int(ensemble_size) <= len(ranking):
+    limit = len(ranking) if method == "topn" else max_ensemble
+    if override and not 1 <= int(ensemble_size) <= limit:
         raise ValueError(f"--ensemble-size {ensemble_size}: {name} has {len(ranking)} "
-                         f"snapshots")
+                         f"snapshots" + ("" if method == "topn" else
+                                         f" and greedy takes {max_ensemble} steps"))
     # The sweep always covers an overriding N, so its val co-bps is on the curve too.
     m = min(max(max_ensemble, int(ensemble_size) if override else 1), len(ranking))
     curve = ensemble_curve(cached_heldout(ranking.head(m), out_dir), spikes_heldout)
     best = choose_size(curve)
-    chosen, how = ((int(ensemble_size), "--ensemble-size") if override
-                   else (best, "argmax of val co-bps"))
-    members = ranking.head(chosen)
-    top = ranking.head(m)
-    table = pd.DataFrame({"n": np.arange(1, m + 1), "co-bps": curve,
-                          "member_trial_id": top["trial_id"].to_numpy(),
-                          "member_val_ckpt": top["val_ckpt"].to_numpy(),
-                          "member_co-bps": top["co-bps"].to_numpy()})
+    rows = ranking.to_dict("records")
+    table = {"n": np.arange(1, m + 1), "co-bps": curve,
+             "member_trial_id": [r["trial_id"] for r in rows[:m]],
+             "member_val_ckpt": [r["val_ckpt"] for r in rows[:m]],
+             "member_co-bps": [float(r["co-bps"]) for r in rows[:m]]}
+    greedy_curve = None
+    if method == "greedy":
+        steps = max(max_ensemble, int(ensemble_size) if override else 1)
+        candidates = [np.load(Path(out_dir) / r["rates_file"], mmap_mode="r") for r in rows]
+        greedy = greedy_selection(candidates, np.asarray(spikes_heldout), max_steps=steps)
+        greedy_curve = greedy.curve
+        chosen = int(ensemble_size) if override else greedy.best_n
+        counts: dict[int, int] = {}
+        for index in greedy.steps[:chosen]:
+            counts[index] = counts.get(index, 0) + 1
+        members = [_member(rows[i], c) for i, c in counts.items()]
+        chosen_cobps = float(greedy.curve[chosen - 1])
+        how = "--ensemble-size" if override else "argmax of greedy val co-bps"
+        n = max(m, len(greedy.steps))
+        table = {k: list(v) + [None] * (n - m) for k, v in table.items()}
+        table["n"] = np.arange(1, n + 1)
+        table["greedy_co-bps"] = list(greedy.curve) + [None] * (n - len(greedy.steps))
+        table["greedy_trial_id"] = [rows[i]["trial_id"] for i in greedy.steps]
+        table["greedy_val_ckpt"] = [rows[i]["val_ckpt"] for i in greedy.steps]
+    else:
+        chosen, how = ((int(ensemble_size), "--ensemble-size") if override
+                       else (best, "argmax of val co-bps"))
+        members = [_member(r) for r in rows[:chosen]]
+        chosen_cobps = float(curve[chosen - 1])
     with atomic_write(out_dir / "ensemble.csv") as tmp:
-        table.to_csv(tmp, index=False)
+        pd.DataFrame(table).to_csv(tmp, index=False)
     choice = {
-        "name": name, "max_ensemble": m, "argmax_n": best,
+        "name": name, "method": method, "max_ensemble": m, "argmax_n": best,
         "argmax_co-bps": float(curve[best - 1]), "chosen_n": chosen, "chosen_by": how,
-        "chosen_co-bps": float(curve[chosen - 1]),
-        "best_single_co-bps": float(curve[0]),
-        "members": [{"trial_id": r["trial_id"], "val_ckpt": r["val_ckpt"],
-                     "co-bps": float(r["co-bps"]), "path": r["path"]}
-                    for r in members.to_dict("records")],
+        "chosen_co-bps": chosen_cobps, "best_single_co-bps": float(curve[0]),
+        "distinct_members": len(members), "members": members,
+        "topn_curve": [float(v) for v in curve],
+        "greedy_curve": None if greedy_curve is None else [float(v) for v in greedy_curve],
     }
     write_text_atomic(out_dir / "ensemble.json", json.dumps(choice, indent=2) + "\n")
     plots.plot_ensemble_curve(curve, out_dir / "ensemble.png", chosen=chosen, argmax=best,
+                              greedy=greedy_curve, method=method,
                               title=f"{name}: ensemble size sweep (val)")
-    log.info("%s: best single val co-bps %.4f; top-%d mean %.4f (argmax N=%d); using N=%d",
-             name, curve[0], best, curve[best - 1], best, chosen)
+    log.info("%s: best single val co-bps %.4f; top-%d mean %.4f (argmax N=%d); %s ensemble "
+             "of %d (%d distinct): %.4f", name, curve[0], best, curve[best - 1], best,
+             method, chosen, len(members), chosen_cobps)
     return choice
 
 
@@ -144,8 +188,8 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
                     ensemble_size: int | str = "auto", max_ensemble: int = 50,
                     out: str | Path | None = None, overwrite: bool = False,
                     device: str | None = "auto", ground_truth: str | Path | None = None,
-                    snapshots: Sequence[str] | None = None,
-                    paths=None) -> SubmissionResult:
+                    snapshots: Sequence[str] | None = None, ensemble_method: str = "topn",
+                    refit: bool = False, paths=None) -> SubmissionResult:
     """Rank, choose N, average the top N for `phase`, write the h5, score it, plot.
 
     Args:
@@ -161,6 +205,10 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
         ground_truth: the test-split ground truth (default `paths.eval_data_test`).
         snapshots: the snapshot kinds that are candidates (default: what the run's
             search recorded, from its profile; else all three).
+        ensemble_method: "topn" (AESMTE3) or "greedy" (forward selection with
+            replacement on val co-bps).
+        refit: test phase only: average models retrained on train+val (nlb_ndt.refit)
+            instead of the snapshots themselves; the scores are labelled as such.
         paths: resolved paths (default: from the environment).
 
     Returns:
@@ -168,6 +216,9 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
     """
     paths = paths or get_paths()
     check_phase(phase)
+    if refit and phase != "test":
+        raise ValueError("--refit applies to --phase test only: a refit trains on the val "
+                         "trials, which chose the ensemble and score the val phase")
     names = list(dict.fromkeys(names))
     settings = {name: run_settings(name, paths=paths) for name in names}
     groups = [s.group for s in settings.values()]
@@ -190,7 +241,8 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
             s.dataset, bin_ms=s.bin_ms, paths=paths)[s.group]
         ensembles[name] = choose_ensemble(
             name, ranking, spikes_heldout=np.asarray(val_targets[s.group]["eval_spikes_heldout"]),
-            out_dir=wdir, max_ensemble=max_ensemble, ensemble_size=ensemble_size)
+            out_dir=wdir, max_ensemble=max_ensemble, ensemble_size=ensemble_size,
+            method=ensemble_method)
         figures.append(wdir / "ensemble.png")
         trials = read_trial_histories(trial_dirs(name, paths=paths))
         if trials:
@@ -200,8 +252,11 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
         tensors = preprocess.load_tensors(s.dataset, phase=phase, bin_ms=s.bin_ms,
                                           paths=paths)
         expected[s.group] = group_shapes(s.dataset, bin_ms=s.bin_ms, **trial_counts(tensors))
-        members = [m["path"] for m in ensembles[name]["members"]]
-        log.info("%s: averaging %d snapshots on the %s-phase trials", name, len(members), phase)
+        members = {m["path"]: m["count"] for m in ensembles[name]["members"]}
+        if refit:
+            members = refit_members(ensembles[name]["members"], device=str(device), paths=paths)
+        log.info("%s: averaging %d snapshots%s on the %s-phase trials", name,
+                 sum(members.values()), " refitted on train+val" if refit else "", phase)
         rates[s.group] = ensemble_rates(members, train_heldin=tensors["train_spikes_heldin"],
                                         eval_heldin=tensors["eval_spikes_heldin"],
                                         device=device)
@@ -231,8 +286,10 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
     save_scores(scores_path, {
         "file": str(out), "phase": phase, "scored": scores is not None,
         "reason": reason or None, "target": target, "scores": scores or [],
+        "refit": refit, "models": ("refitted on train+val" if refit else
+                                   "the snapshots as trained (train split)"),
         "ensembles": ensembles, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     return SubmissionResult(path=out, phase=phase, scores=scores, reason=reason,
                             target=target, scores_path=scores_path, ensembles=ensembles,
-                            figures=figures)
+                            figures=figures, refit=refit)

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -39,10 +39,12 @@ from .data import random_subset, split_tensors
 from .masking import assemble, mask_heldin
 from .metrics import co_bps
 from .model import NDT, build_model
-from .runs import (CONFIG_FILE, METRIC_FIELDS, METRICS_FILE, RUN_INFO_FILE, STATE_FILE,
-                   snapshot_path)
+from .optim import build_optimizer
+from .runs import (CONFIG_FILE, FINAL_KIND, METRIC_FIELDS, METRICS_FILE, RUN_INFO_FILE,
+                   STATE_FILE, snapshot_path)
 from .runtime import bf16_native, library_versions, resolve_device, seed_everything
 from .schedules import build_scheduler
+from .tensorboard_log import ScalarLog
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +53,29 @@ class Trainer:
 
     def __init__(self, cfg, *, run_dir: str | Path, trial_id: str = "run",
                  device: str | torch.device | None = None, arrays: dict | None = None,
-                 val_heldout_target: np.ndarray | None = None):
+                 val_heldout_target: np.ndarray | None = None,
+                 run_info: Mapping[str, Any] | None = None):
         """Args as `train_model`; `arrays` / `val_heldout_target` replace the cached
         tensors and the val target (benchmarks pass in-memory data)."""
         self.cfg = cfg
+        self.extra_info = dict(run_info or {})
         self.run_dir = Path(run_dir)
         self.trial_id = trial_id
         self.device = resolve_device(device, cfg)
         data_cfg = cfg.DATA
+        #: Train+val (a refit for the test phase): no val split is left to validate on.
+        self.refit = data_cfg.TRAIN_SPLITS == "train+val"
+        if data_cfg.TRAIN_SPLITS not in ("train", "train+val"):
+            raise ValueError(f"DATA.TRAIN_SPLITS must be 'train' or 'train+val', not "
+                             f"{data_cfg.TRAIN_SPLITS!r}")
         if arrays is None:
-            arrays = preprocess.load_tensors(data_cfg.DATASET, phase="val",
+            # The test-phase tensors' train split is NLB's train+val trials.
+            arrays = preprocess.load_tensors(data_cfg.DATASET,
+                                             phase="test" if self.refit else "val",
                                              bin_ms=data_cfg.BIN_MS)
-        if val_heldout_target is None:
+        if self.refit:
+            val_heldout_target = np.empty((0,))
+        elif val_heldout_target is None:
             target = preprocess.load_val_target(data_cfg.DATASET, bin_ms=data_cfg.BIN_MS)
             (group,) = target.keys()
             # co-bps is scored against the evaluation target (DMFC's carries NaNs outside
@@ -72,7 +85,7 @@ class Trainer:
         data_device = self.device if cfg.TRAIN.DATA_ON_DEVICE else torch.device("cpu")
         self.train_data = random_subset(split_tensors(arrays, "train", data_device),
                                         data_cfg.RANDOM_SUBSET_TRIALS, cfg.SEED)
-        self.val_data = split_tensors(arrays, "eval", data_device)
+        self.val_data = None if self.refit else split_tensors(arrays, "eval", data_device)
         self.n_heldin = self.train_data.heldin.shape[-1]
         self.n_heldout = self.train_data.heldout.shape[-1]
         self.t_obs = self.train_data.heldin.shape[1]
@@ -90,9 +103,10 @@ class Trainer:
         self.forward_fn = self.model
         if cfg.TRAIN.COMPILE and self.device.type == "cuda":
             self.forward_fn = torch.compile(self.model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.TRAIN.LR.INIT, weight_decay=cfg.TRAIN.WEIGHT_DECAY,
-            eps=cfg.TRAIN.EPS, fused=self.device.type == "cuda")
+        self.optimizer = build_optimizer(
+            self.model.parameters(), cfg.TRAIN.OPTIMIZER, lr=cfg.TRAIN.LR.INIT,
+            weight_decay=cfg.TRAIN.WEIGHT_DECAY, eps=cfg.TRAIN.EPS,
+            fused=self.device.type == "cuda" and cfg.TRAIN.OPTIMIZER == "adamw")
         self.scheduler = build_scheduler(self.optimizer, cfg.TRAIN.LR,
                                          total_epochs=cfg.TRAIN.NUM_UPDATES)
         self.generator = torch.Generator(device=data_device).manual_seed(cfg.SEED)
@@ -107,6 +121,7 @@ class Trainer:
                      "masked_epoch": 0}
         self.history: list[dict] = []
         self.elapsed = 0.0
+        self._curves = ScalarLog(self.run_dir, enabled=False)  # `fit` opens the real one
 
     # ----------------------------------------------------------------- training
     def _autocast(self):
@@ -235,10 +250,13 @@ class Trainer:
                 "device": str(self.device), "precision": self.precision,
                 "n_heldin": self.n_heldin,
                 "n_heldout": self.n_heldout, "t_obs": self.t_obs, "t_fwd": self.t_fwd,
-                "n_train": self.train_data.n_trials, "n_val": self.val_data.n_trials,
+                "n_train": self.train_data.n_trials,
+                "n_val": self.val_data.n_trials if self.val_data is not None else 0,
+                "train_splits": self.cfg.DATA.TRAIN_SPLITS,
                 "max_spikes": self.max_spikes,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
-                "versions": library_versions()}
+                "optimizer": self.cfg.TRAIN.OPTIMIZER, "versions": library_versions(),
+                **self.extra_info}
         write_text_atomic(self.run_dir / RUN_INFO_FILE, json.dumps(info, indent=2))
 
     def _write_history(self) -> None:
@@ -250,18 +268,36 @@ class Trainer:
     # ---------------------------------------------------------------- main loop
     def fit(self, *, report: Callable[[dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None, resume: bool = True) -> dict:
-        cfg = self.cfg.TRAIN
-        self._write_records()
         if not (resume and self.load_state()):
             self.epoch = 0
         if self.history and self.history[-1]["done"]:
+            # A finished run started again (a search resumed after its driver died) keeps
+            # every file as it is, run_info.json included.
             logger.info("%s already finished at epoch %d", self.run_dir, self.epoch)
             return self.history[-1]
+        self._write_records()
+        # Curves for TensorBoard; a resumed run hides what the stopped one wrote after
+        # its last saved state, so no epoch appears twice.
+        self._curves = ScalarLog(self.run_dir / self.cfg.TENSORBOARD_DIR,
+                                 bool(self.cfg.USE_TENSORBOARD),
+                                 purge_step=self.epoch + 1 if self.epoch else None)
+        try:
+            return self._fit(report=report, should_stop=should_stop)
+        finally:
+            self._curves.close()
+
+    def _fit(self, *, report: Callable[[dict], None] | None,
+             should_stop: Callable[[], bool] | None) -> dict:
+        cfg = self.cfg.TRAIN
         metrics: dict = self.history[-1] if self.history else {}
         last_log = time.perf_counter()
         train_loss = math.nan
         interrupted = False
-        while self.epoch < cfg.NUM_UPDATES:
+        # STOP_AT_EPOCH ends training early while the schedule still spans NUM_UPDATES,
+        # so a refit follows its original trial's learning rates up to the same epoch.
+        stop = min(cfg.NUM_UPDATES, cfg.STOP_AT_EPOCH or cfg.NUM_UPDATES)
+        validate = cfg.DO_VAL and not self.refit
+        while self.epoch < stop:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_epoch()
@@ -269,8 +305,8 @@ class Trainer:
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss became {train_loss} at epoch {self.epoch}")
             self.elapsed += time.perf_counter() - t0
-            last = self.epoch >= cfg.NUM_UPDATES
-            if cfg.DO_VAL and (self.epoch % cfg.VAL_INTERVAL == 0 or last):
+            last = self.epoch >= stop
+            if validate and (self.epoch % cfg.VAL_INTERVAL == 0 or last):
                 metrics = self._after_validation(train_loss, lr, last)
                 if report is not None:
                     report(dict(metrics))
@@ -287,7 +323,8 @@ class Trainer:
                             " | %.2f s/epoch", self.epoch, train_loss, lr, self.best["masked"],
                             self.best["cobps"], self.elapsed / max(1, self.epoch))
         if not interrupted and not metrics.get("done"):
-            # NUM_UPDATES reached without a validation there (DO_VAL off): close the record.
+            # The last epoch passed without a validation (DO_VAL off, or a refit with
+            # nothing to validate on): close the record.
             metrics = self._after_validation(train_loss, self.optimizer.param_groups[0]["lr"], True)
             if report is not None:
                 report(dict(metrics))
@@ -295,7 +332,12 @@ class Trainer:
         return metrics
 
     def _after_validation(self, train_loss: float, lr: float, last: bool) -> dict:
-        val = self.validate()
+        if self.val_data is None:  # a refit: the model of the last epoch is the result
+            val = {"masked_loss": math.nan, "unmasked_loss": math.nan, "val_cobps": math.nan}
+            if last:
+                self._save_snapshot(FINAL_KIND, {"epoch": self.epoch, "train_loss": train_loss})
+        else:
+            val = self.validate()
         improved = []
         if val["masked_loss"] < self.best["masked"]:
             self.best["masked"], self.best["masked_epoch"] = val["masked_loss"], self.epoch
@@ -314,6 +356,8 @@ class Trainer:
                    "seconds": self.elapsed}
         for kind in improved:
             self._save_snapshot(kind, metrics)
+        self._curves.add({k: metrics[k] for k in ("train_loss", "lr", "masked_loss",
+                                                 "unmasked_loss", "val_cobps")}, self.epoch)
         self.history.append(metrics)
         self._write_history()
         if patience_out:
@@ -325,7 +369,8 @@ class Trainer:
 def train_model(cfg, *, run_dir: str | Path, trial_id: str = "run",
                 device: str | torch.device | None = None,
                 report: Callable[[dict], None] | None = None,
-                should_stop: Callable[[], bool] | None = None, resume: bool = True) -> dict:
+                should_stop: Callable[[], bool] | None = None, resume: bool = True,
+                run_info: Mapping[str, Any] | None = None) -> dict:
     """Train one model; see the module docstring for what lands in `run_dir`.
 
     Args:
@@ -336,9 +381,11 @@ def train_model(cfg, *, run_dir: str | Path, trial_id: str = "run",
         report: called with the metrics dict after every validation.
         should_stop: polled after every validation; True ends training early.
         resume: continue from `run_dir/state.pt` when it exists.
+        run_info: extra keys for run_info.json (a search trial's node and attempts).
 
     Returns:
         The last metrics dict (keys in METRIC_FIELDS).
     """
-    trainer = Trainer(cfg, run_dir=run_dir, trial_id=trial_id, device=device)
+    trainer = Trainer(cfg, run_dir=run_dir, trial_id=trial_id, device=device,
+                      run_info=run_info)
     return trainer.fit(report=report, should_stop=should_stop, resume=resume)
