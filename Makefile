@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install bench clean-venv
+.PHONY: test lint demo install bench clean-venv
 
 install: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Lint only: `ruff format --check` is left out because the code keeps its own layout
+# (hanging indents, several short items a line) and ruff format would rewrite 88 files.
+LINT_PATHS := src tests bench *.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
 
 demo: $(STAMP)
 	$(PY) demo.py

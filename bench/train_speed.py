@@ -75,7 +75,8 @@ def measure(args) -> dict:
         "threads": torch.get_num_threads(), "path": "plain" if args.plain else "fast",
         "bf16_autocast": bool(trainer.amp), "batch_size": cfg.TRAIN.BATCH_SIZE,
         "train_trials": spec.n_train, "bins": sum(spec.bins(5)), "neurons": spec.n_neurons,
-        "layers": cfg.MODEL.NUM_LAYERS, "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "layers": cfg.MODEL.NUM_LAYERS,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "seconds_per_epoch": round(sec, 4), "epoch_times": [round(t, 4) for t in times],
         "trials_per_second": round(spec.n_train / sec, 1),
         "validation_seconds": round(val_seconds, 4),
@@ -101,7 +102,8 @@ def concurrent(args) -> dict:
     cmd = [sys.executable, __file__, "--shape", args.shape, "--device", args.device,
            "--epochs", str(args.epochs)] + (["--plain"] if args.plain else []) + \
           ([] if args.amp else ["--no-amp"])
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.concurrent)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+             for _ in range(args.concurrent)]
     runs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     return {"concurrent": args.concurrent, "shape": args.shape,
             "seconds_per_epoch_each": [r["seconds_per_epoch"] for r in runs],

@@ -53,7 +53,8 @@ def write_tensors(paths, spec, seed: int = 0) -> dict:
         (paths.data_raw / spec.dandiset_id / name).parent.mkdir(parents=True, exist_ok=True)
         (paths.data_raw / spec.dandiset_id / name).write_bytes(b"placeholder")
     tensors = poisson_tensors(spec, 5, phase="test", rate=0.15, seed=seed)
-    tensors = {k: v for k, v in tensors.items() if k.startswith("train") or k == "eval_spikes_heldin"}
+    tensors = {k: v for k, v in tensors.items()
+               if k.startswith("train") or k == "eval_spikes_heldin"}
     preprocess.store_tensors(DATASET, tensors, phase="test", paths=paths)
     return tensors
 
@@ -144,9 +145,9 @@ def main(argv=None) -> int:
         parser.error("--reuse needs --keep DIR")
 
     from nlb_ndt.inference import ensemble_rates
+    from nlb_ndt.paths import PATH_VARIABLES
     from nlb_ndt.submission import build_submission, write_submission
     from nlb_ndt.validate import released_members
-    from nlb_ndt.paths import PATH_VARIABLES
 
     spec = get_spec(DATASET)
     with tempfile.TemporaryDirectory(prefix="nlb_validate_bench_") as tmp:

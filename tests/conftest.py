@@ -1,4 +1,5 @@
-"""Shared fixtures: one synthetic NLB dataset per test session, and an isolated NLB_HOME."""
+"""Shared fixtures: one synthetic NLB dataset per test session, an isolated NLB_HOME, and
+one fake search over it (read by the ranking and the submission stage)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import PATH_VARS
+from helpers import BIN_MS, DATASET, GROUP, PATH_VARS, fill_search
 
 from nlb_ndt.paths import get_paths
 
@@ -22,7 +23,7 @@ def synthetic_home(tmp_path_factory) -> Path:
     from nlb_ndt.synthetic import generate
 
     home = tmp_path_factory.mktemp("nlb_home")
-    generate(home / "raw", like="mc_maze_small", seed=0)
+    generate(home / "raw", like=DATASET, seed=0)
     return home
 
 
@@ -33,6 +34,41 @@ def nlb_env(synthetic_home, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NLB_HOME", str(synthetic_home))
     return get_paths()
+
+
+@pytest.fixture(scope="session")
+def search_home(synthetic_home, tmp_path_factory) -> dict:
+    """A fresh NLB_HOME (submissions, configs, searches) reading the shared synthetic data,
+    holding a fake search of run "synthetic": two trials x three snapshots of untrained
+    NDTs of different, known quality (helpers.fill_search). Built once per session; use
+    the `search` fixture, which also points the path variables at it."""
+    from nlb_ndt import preprocess
+
+    home = tmp_path_factory.mktemp("search_home")
+    env = {"NLB_HOME": str(home), "NLB_DATA_RAW": str(synthetic_home / "raw"),
+           "NDT_CACHE_DIR": str(synthetic_home / "neural-data-transformer")}
+    with pytest.MonkeyPatch.context() as mp:
+        _point_paths(mp, env)
+        paths = get_paths()
+        tensors = preprocess.load_tensors(DATASET, phase="val", bin_ms=BIN_MS)
+        snapshots = fill_search(paths, tensors)
+        target = preprocess.load_val_target(DATASET, bin_ms=BIN_MS)[GROUP]
+    return {"env": env, "paths": paths, "snapshots": snapshots, "target": target,
+            "tensors": tensors}
+
+
+@pytest.fixture
+def search(search_home, monkeypatch) -> dict:
+    """`search_home` with every path variable pointing at it for this test."""
+    _point_paths(monkeypatch, search_home["env"])
+    return search_home
+
+
+def _point_paths(mp: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for var in PATH_VARS:
+        mp.delenv(var, raising=False)
+    for var, value in env.items():
+        mp.setenv(var, value)
 
 
 @pytest.fixture(scope="module")

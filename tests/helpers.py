@@ -1,15 +1,38 @@
-"""Small helpers shared by several test modules (importable: tests/ is on sys.path)."""
+"""Constants and helpers shared by several test modules (importable: tests/ is on sys.path)."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 from pathlib import Path
+
+import numpy as np
+
+from nlb_ndt.datasets import get_spec
 
 # Tests clear every path variable before pointing NLB_HOME at a temporary folder, so a
 # user's real NLB_HOME is never touched.
 from nlb_ndt.paths import PATH_VARIABLES as PATH_VARS  # noqa: F401 (re-exported)
+from nlb_ndt.runs import SNAPSHOT_KINDS
+from nlb_ndt.submission import group_shapes
+from nlb_ndt.testing import save_original_layout  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "configs" / "templates"
+
+#: The synthetic dataset has mc_maze_small's shape (conftest's `synthetic_home`).
+DATASET = "mc_maze_small"
+SPEC = get_spec(DATASET)
+#: The run name of the synthetic template, which trains at 20 ms.
+NAME = "synthetic"
+TEMPLATE = TEMPLATE_DIR / f"{NAME}.yaml"
+BIN_MS = 20
+GROUP = SPEC.group(BIN_MS)  # "mc_maze_small_20"
+#: Command-line opts that shrink the synthetic template's model to one small layer.
+TINY_MODEL_OPTS = ["MODEL.NUM_LAYERS", 1, "MODEL.HIDDEN_SIZE", 16]
+#: Trial counts of the small hand-made submissions and targets below.
+N_TRAIN, N_EVAL = 12, 6
 
 
 def load_script(name: str):
@@ -18,30 +41,6 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def save_original_layout(path, model, cfg, opt, *, max_spikes: int, num_neurons: int,
-                         trial_length: int, update: int, protocol: int = 2) -> None:
-    """Write `model` as the original's Runner.save_checkpoint laid a snapshot out: a
-    pickled dict with the yacs config object itself, optimizer and scheduler states, the
-    best-value records and the extra state (reference §3.7)."""
-    import torch
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-    torch.save({
-        "state_dict": model.state_dict(),
-        "optim_state": opt.state_dict(),
-        "lr_scheduler": sched.state_dict(),
-        "config": cfg,
-        "best_val": {"value": torch.tensor(0.25), "update": update},
-        "best_unmasked_val": {"value": torch.tensor(0.31), "update": update - 20},
-        "best_r2": {"value": -100, "update": -1},
-        "max_spikes": max_spikes,
-        "num_neurons": num_neurons,
-        "trial_length": trial_length,
-        "extra_state": {"update": update, "checkpoint": update // 500, "pth_time": 100.0,
-                        "max_spikes": max_spikes},
-    }, path, pickle_protocol=protocol)
 
 
 def isolated_download_env(monkeypatch, home) -> None:
@@ -54,3 +53,95 @@ def isolated_download_env(monkeypatch, home) -> None:
     monkeypatch.setenv("NLB_DOWNLOAD_RETRIES", "4")
     monkeypatch.setenv("NLB_DOWNLOAD_TIMEOUT_S", "10")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+# --- Hand-made submissions and targets -----------------------------------------------
+
+
+def make_rates(dataset: str, seed: int = 0, bin_ms: int = 5) -> dict[str, np.ndarray]:
+    """Six valid float64 rate arrays shaped for `dataset` (N_TRAIN / N_EVAL trials)."""
+    rng = np.random.default_rng(seed)
+    shapes = group_shapes(dataset, bin_ms=bin_ms, n_train=N_TRAIN, n_eval=N_EVAL)
+    return {k: rng.uniform(0.05, 1.0, shape) for k, shape in shapes.items()}
+
+
+def make_target(dataset: str, seed: int = 1) -> dict[str, np.ndarray]:
+    """A minimal 5 ms ground-truth group in make_eval_target_tensors' layout (no PSTH)."""
+    rng = np.random.default_rng(seed)
+    spec = get_spec(dataset)
+    t_obs, t_fwd = spec.bins(5)
+
+    def counts(n: int, t: int, k: int) -> np.ndarray:
+        return rng.poisson(0.5, (n, t, k)).astype("f4")
+
+    return {
+        "eval_spikes_heldout": counts(N_EVAL, t_obs, spec.n_heldout),
+        "eval_spikes_heldin_forward": counts(N_EVAL, t_fwd, spec.n_heldin),
+        "eval_spikes_heldout_forward": counts(N_EVAL, t_fwd, spec.n_heldout),
+        "train_behavior": rng.standard_normal((N_TRAIN, t_obs, 2)).astype("f4"),
+        "eval_behavior": rng.standard_normal((N_EVAL, t_obs, 2)).astype("f4"),
+    }
+
+
+# --- A fake search in run_hyperopt.py's layout ---------------------------------------
+
+
+def snapshot_model(cfg, *, mean_rates: np.ndarray, noise: float, seed: int, max_spikes: int,
+                   trial_length: int):
+    """An untrained NDT whose decoder bias holds log(mean rate) and whose random decoder
+    weights add log-rate noise of standard deviation ~`noise`: a model of known quality."""
+    import torch
+
+    from nlb_ndt.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(cfg, num_neurons=mean_rates.size, trial_length=trial_length,
+                        max_spikes=max_spikes)
+    with torch.no_grad():
+        # The decoder reads a unit-variance LayerNorm output, so log-rates get noise of
+        # standard deviation ~`noise` around log(mean rate) - noise^2 / 2 (an unbiased rate).
+        weight = model.decoder[0].weight
+        weight.uniform_(-1.0, 1.0).mul_(noise * np.sqrt(3.0 / weight.shape[1]))
+        model.decoder[0].bias.copy_(torch.from_numpy(np.log(mean_rates) - noise**2 / 2))
+    return model.eval()
+
+
+def fill_search(paths, tensors) -> list[dict]:
+    """Two trials x three snapshots of run NAME in the run_hyperopt layout
+    (RAY_TUNE_HOME/<NAME>/<experiment>/<trial_dir>/ with config.yaml, metrics.csv,
+    params.json and ckpts/<trial_id>.<kind>.pth); returns what was written."""
+    from nlb_ndt.checkpoint import save_checkpoint
+    from nlb_ndt.config import apply_overrides, load_config
+
+    base = load_config(TEMPLATE, TINY_MODEL_OPTS)
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    (paths.config_dir / f"{NAME}.yaml").write_text(base.dump())
+    spikes = np.concatenate([tensors["train_spikes_heldin"], tensors["train_spikes_heldout"]],
+                            axis=2)
+    mean_rates = np.nanmean(spikes, axis=(0, 1)).clip(1e-3)
+    n_in, t_obs = tensors["train_spikes_heldin"].shape[2], tensors["train_spikes_heldin"].shape[1]
+    trial_length = t_obs + tensors["train_spikes_heldin_forward"].shape[1]
+    written = []
+    for i in range(2):
+        trial_id = f"{0xabc00 + i:08x}"
+        params = {"TRAIN.LR.INIT": 1e-3 * (i + 1), "MODEL.DROPOUT": 0.05 * i}
+        cfg = apply_overrides(base, {**params, "SEED": 100 + i})
+        trial_dir = paths.ray_tune_home / NAME / f"{NAME}-s0" / f"run_trial_{trial_id}_{i:05d}"
+        (trial_dir / "ckpts").mkdir(parents=True)
+        (trial_dir / "config.yaml").write_text(cfg.dump())
+        (trial_dir / "params.json").write_text(json.dumps(params))
+        with open(trial_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "best_masked_loss", "best_val_cobps", "done"])
+            for epoch in (10, 20):
+                writer.writerow([epoch, 0.5 - 0.01 * i - 0.001 * epoch, 0.01 * i, epoch == 20])
+        for k, kind in enumerate(SNAPSHOT_KINDS):
+            noise = 0.10 + 0.04 * (3 * i + k)  # 0.10 .. 0.30: distinct qualities
+            model = snapshot_model(cfg, mean_rates=mean_rates, noise=noise, seed=10 * i + k,
+                                   max_spikes=int(np.nanmax(spikes)) + 3,
+                                   trial_length=trial_length)
+            path = trial_dir / "ckpts" / f"{trial_id}.{kind}.pth"
+            save_checkpoint(path, model, cfg, n_heldin=n_in, t_obs=t_obs, epoch=10 * (k + 1),
+                            trial_id=trial_id, kind=kind)
+            written.append({"path": path, "trial_id": trial_id, "kind": kind, "noise": noise})
+    return written

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import DATASET, SPEC
 from threadpoolctl import threadpool_limits
 
 from nlb_ndt import baselines, preprocess, synthetic
-from nlb_ndt.datasets import get_spec
-
-NAME = "mc_maze_small"
-SPEC = get_spec(NAME)
 
 
 def _cobps(target, group: str, rates: dict) -> dict:
@@ -26,9 +23,9 @@ def _cobps(target, group: str, rates: dict) -> dict:
 def test_baselines_val_score_ordering(nlb_env, bin_ms):
     """Verify that nlb_tools scores true rates > smoothing baseline > constant rates (val)."""
     group = SPEC.group(bin_ms)
-    tensors = preprocess.load_tensors(NAME, phase="val", bin_ms=bin_ms)
-    target = preprocess.load_val_target(NAME, bin_ms=bin_ms)
-    true = _cobps(target, group, synthetic.true_rates(nlb_env.data_raw, NAME, phase="val",
+    tensors = preprocess.load_tensors(DATASET, phase="val", bin_ms=bin_ms)
+    target = preprocess.load_val_target(DATASET, bin_ms=bin_ms)
+    true = _cobps(target, group, synthetic.true_rates(nlb_env.data_raw, DATASET, phase="val",
                                                       bin_ms=bin_ms))
     smooth = _cobps(target, group, baselines.smoothing_rates(tensors, bin_ms=bin_ms))
     const = _cobps(target, group, baselines.constant_rates(tensors))
@@ -43,16 +40,16 @@ def test_baselines_test_phase_ground_truth(nlb_env):
     """Verify that eval_data_test.h5 scores the true test-phase rates through evaluate."""
     group = SPEC.group(5)
     target = str(nlb_env.eval_data_test)
-    true = _cobps(target, group, synthetic.true_rates(nlb_env.data_raw, NAME, phase="test"))
+    true = _cobps(target, group, synthetic.true_rates(nlb_env.data_raw, DATASET, phase="test"))
     smooth = _cobps(target, group, baselines.smoothing_rates(
-        preprocess.load_tensors(NAME, phase="test")))
+        preprocess.load_tensors(DATASET, phase="test")))
     assert true["co-bps"] > 0.15 and true["psth R2"] > 0.3 and true["vel R2"] > 0.4
     assert true["co-bps"] > smooth["co-bps"] + 0.03
 
 
 def test_baselines_shapes_and_values(nlb_env):
     """Verify the six arrays: submission shapes, float32, finite and positive."""
-    tensors = preprocess.load_tensors(NAME, phase="test")
+    tensors = preprocess.load_tensors(DATASET, phase="test")
     n_train, n_eval = 100, 100
     shapes = {
         "train_rates_heldin": (n_train, 140, 107), "train_rates_heldout": (n_train, 140, 35),

@@ -11,8 +11,13 @@ import torch
 from helpers import save_original_layout
 from yacs.config import CfgNode
 
-from nlb_ndt.checkpoint import (ALLOWED_GLOBALS, UnsafeCheckpointError, load_model,
-                                read_checkpoint, save_checkpoint)
+from nlb_ndt.checkpoint import (
+    ALLOWED_GLOBALS,
+    UnsafeCheckpointError,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 from nlb_ndt.config import get_cfg_defaults
 from nlb_ndt.model import build_model
 

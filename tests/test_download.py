@@ -21,16 +21,10 @@ from pathlib import Path
 
 import pytest
 from fake_services import FakeServices, drop, fail, ignore_range, slow, truncate
-from helpers import isolated_download_env, load_script
+from helpers import ROOT, SPEC, isolated_download_env, load_script
 
 from nlb_ndt import download, fetch
-from nlb_ndt.datasets import get_spec
 from nlb_ndt.paths import get_paths
-
-REPO = Path(__file__).resolve().parents[1]
-SPEC = get_spec("mc_maze_small")
-
-
 
 SCRIPT = load_script("download_data")
 
@@ -77,13 +71,13 @@ def small(fake) -> tuple[Served, Served]:
 
 
 def _ok(capsys, *args: str) -> str:
-    assert SCRIPT.main(["--datasets", "mc_maze_small", *args]) == 0
+    assert SCRIPT.main(["--datasets", SPEC.name, *args]) == 0
     return capsys.readouterr().out
 
 
 def _fails(capsys, *args: str) -> list[str]:
     """Run expecting exit 1; returns stderr's lines after checking the error is one line."""
-    assert SCRIPT.main(["--datasets", "mc_maze_small", "--quiet", *args]) == 1
+    assert SCRIPT.main(["--datasets", SPEC.name, "--quiet", *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ")
     assert sum(line.startswith("error: ") for line in err) == 1
@@ -353,8 +347,8 @@ def test_download_data_sigint_keeps_part_and_rerun_resumes(fake, small, capsys):
     train = small[0]
     fake.inject(train.content, slow(delay_s=0.03, chunk=4096))  # 256 KiB in about 2 s
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "download_data.py"), "--datasets", "mc_maze_small"],
-        cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [sys.executable, str(ROOT / "download_data.py"), "--datasets", SPEC.name],
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while not (train.part.exists() and train.part.stat().st_size > 0):

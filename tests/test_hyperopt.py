@@ -11,8 +11,8 @@ import pytest
 from yacs.config import CfgNode as CN
 
 from nlb_ndt.config import load_config
-from nlb_ndt.templates import TEMPLATE_DIR, generate_configs, template_names
 from nlb_ndt.search_space import load_search_space, parse_search_space
+from nlb_ndt.templates import TEMPLATE_DIR, generate_configs, template_names
 
 hyperopt = pytest.importorskip("nlb_ndt.hyperopt")
 SkoptSearcher = hyperopt.SkoptSearcher

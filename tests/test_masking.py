@@ -1,4 +1,4 @@
-"""Masking and schedule tests: ratios, spans, labels, and the LR schedule's values."""
+"""Masking tests: ratios, spans, labels and the assembled model input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from nlb_ndt.config import get_cfg_defaults
 from nlb_ndt.masking import assemble, mask_heldin, span_probability, timestep_mask
 from nlb_ndt.model import IGNORE_INDEX
-from nlb_ndt.schedules import inverse_sqrt, warmup_cosine
 
 
 def train_cfg(**kw):
@@ -91,15 +90,3 @@ def test_assemble_zeroes_heldout_and_forward_and_labels_them():
     _, legacy = assemble(heldin, heldin, heldout, forward, heldout_labels="legacy")
     # The original's bug: zeros scored for held-out neurons except the first one.
     assert (legacy[:, :4, 3] == IGNORE_INDEX).all() and (legacy[:, :4, 4] == 0).all()
-
-
-def test_warmup_cosine_values_at_chosen_epochs():
-    """Verify the schedule: 0 at epoch 0, linear warmup, 0.5 halfway down, 0 at and past the end."""
-    assert warmup_cosine(0, warmup=100, total=1100) == 0.0
-    assert warmup_cosine(50, warmup=100, total=1100) == 0.5
-    assert warmup_cosine(100, warmup=100, total=1100) == 1.0
-    assert math.isclose(warmup_cosine(600, warmup=100, total=1100), 0.5)
-    assert warmup_cosine(1100, warmup=100, total=1100) == 0.0
-    assert warmup_cosine(1500, warmup=100, total=1100) == 0.0  # no rise past the end
-    assert warmup_cosine(0, warmup=0, total=10) == 1.0
-    assert math.isclose(inverse_sqrt(400, warmup=100), 0.5)

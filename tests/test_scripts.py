@@ -24,16 +24,15 @@ from pathlib import Path
 
 import pytest
 from fake_services import FakeServices
+from helpers import PATH_VARS, ROOT
 
 from nlb_ndt import download, fetch
-from nlb_ndt.templates import template_names
 from nlb_ndt.datasets import DATASET_NAMES, get_spec
 from nlb_ndt.paths import get_paths
+from nlb_ndt.templates import template_names
 
-REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+README = ROOT / "README.md"
 #: NLB_HOME and the seven directory variables, as paths.py names them.
-PATH_VARS = tuple(get_paths({}).as_env())
 ENDPOINT_VARS = ("NLB_DANDI_API_URL", "NLB_ZENODO_API_URL", "NLB_EVAL_DATA_URL")
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: a stray request fails at once
 
@@ -41,12 +40,12 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: a stray request fails at
 #: make targets run in CI (`make test`); the demo's run is `make demo` itself.
 COVERED = {
     "demo.py": "--help here; the full run is `make demo`",
-    "download_data.py": "--help and --dry-run here; downloads in test_download_data.py",
-    "download_checkpoints.py": "--help and --dry-run here; test_download_checkpoints.py",
-    "generate_all_configs.py": "here (write, keep an edit, --overwrite); test_configs.py",
+    "download_data.py": "--help and --dry-run here; downloads in test_download.py",
+    "download_checkpoints.py": "--help and --dry-run here; test_download.py",
+    "generate_all_configs.py": "here (write, keep an edit, --overwrite); test_templates.py",
     "run_hyperopt.py": "--help and first-run error here; searches in test_hyperopt.py",
-    "make_submission.py": "--help and first-run error here; test_ranking.py, demo",
-    "validate_test_submission.py": "--help here; runs in test_validate_submission.py",
+    "make_submission.py": "--help and first-run error here; test_submit.py, demo",
+    "validate_test_submission.py": "--help here; runs in test_validate.py",
     "bench/train_speed.py": "--help here; its runs are the benchmark (bench/RESULTS.md)",
     "bench/validate_memory.py": "--help here; its run is the benchmark (bench/RESULTS.md)",
     "bench/demo_ceiling.py": "--help here; run after `make demo` (approach.md)",
@@ -81,7 +80,7 @@ STABLE_OPTIONS = {
 
 def _argv(command: str) -> list[str]:
     """`download_data.py` -> [path]; `-m nlb_ndt.synthetic` -> ["-m", "nlb_ndt.synthetic"]."""
-    return command.split() if command.startswith("-m ") else [str(REPO / command)]
+    return command.split() if command.startswith("-m ") else [str(ROOT / command)]
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -96,7 +95,7 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(command: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *_argv(command), *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, *_argv(command), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -136,7 +135,7 @@ def test_script_help_prints_usage_and_stable_options(command):
 
 def test_help_list_covers_every_top_level_script():
     """Verify that every *.py at the repository root is a script checked here."""
-    on_disk = sorted(p.name for p in REPO.glob("*.py"))
+    on_disk = sorted(p.name for p in ROOT.glob("*.py"))
     assert on_disk == sorted(TOP_LEVEL_SCRIPTS)
     assert set(TOP_LEVEL_SCRIPTS) <= set(HELP_COMMANDS)
 
@@ -307,7 +306,7 @@ def test_readme_commands_are_covered_and_match_the_scripts(pytestconfig):
     script or make target, uses only options that script's --help lists, and names real
     datasets; and that every top-level script and the quickstart appear there."""
     commands = _readme_commands()
-    makefile = (REPO / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
     markers = {line.split(":")[0].strip() for line in pytestconfig.getini("markers")}
     seen, problems = set(), []
     for tokens in commands:
@@ -325,7 +324,7 @@ def test_readme_commands_are_covered_and_match_the_scripts(pytestconfig):
             continue
         if tokens[0] == "pip":
             for i, tok in enumerate(tokens[:-1]):
-                if tok == "-r" and not (REPO / tokens[i + 1]).is_file():
+                if tok == "-r" and not (ROOT / tokens[i + 1]).is_file():
                     problems.append(f"{shown}: no file {tokens[i + 1]}")
             if "requirements-nodeps.txt" in tokens and "--no-deps" not in tokens:
                 problems.append(f"{shown}: nlb-tools must be installed with --no-deps")

@@ -8,9 +8,14 @@ import json
 import pytest
 
 from nlb_ndt.config import get_cfg_defaults
+from nlb_ndt.search_space import (
+    Dimension,
+    SearchSpaceError,
+    load_search_space,
+    parse_search_space,
+    to_json,
+)
 from nlb_ndt.templates import TEMPLATE_DIR, template_names
-from nlb_ndt.search_space import (Dimension, SearchSpaceError, load_search_space,
-                                  parse_search_space, to_json)
 
 MAZE_FAMILY = ("mc_maze", "mc_rtt", "mc_maze_large", "mc_maze_medium", "mc_maze_small")
 

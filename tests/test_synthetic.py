@@ -7,12 +7,11 @@ import json
 import h5py
 import numpy as np
 import pytest
+from helpers import SPEC
 from threadpoolctl import threadpool_limits
 
 from nlb_ndt import _synth_models, synthetic
 from nlb_ndt.datasets import RATE_KEYS, get_spec
-
-SPEC = get_spec("mc_maze_small")
 
 
 def _scores(target, group, rates) -> dict:
@@ -35,13 +34,13 @@ def test_synthetic_writes_dandi_layout(synthetic_home):
         [SPEC.train_file.split("/")[1], SPEC.test_file.split("/")[1]])
     marker = json.loads((ds_dir / synthetic.MARKER).read_text())
     assert marker["synthetic"] and marker["complete"]
-    assert (marker["like"], marker["seed"]) == ("mc_maze_small", 0)
+    assert (marker["like"], marker["seed"]) == (SPEC.name, 0)
     assert marker["trials"] == [75, 25, 100]
     assert (ds_dir / synthetic.TRUTH).is_file()
     with h5py.File(raw / synthetic.EVAL_DATA_TEST, "r") as f:
         assert f.attrs["synthetic"]
-        assert set(f) == {"mc_maze_small", "mc_maze_small_20"}
-        g = f["mc_maze_small"]
+        assert set(f) == {SPEC.group(5), SPEC.group(20)}
+        g = f[SPEC.name]
         for key in ("eval_spikes_heldout", "train_behavior", "eval_behavior", "psth",
                     "eval_spikes_heldin_forward", "eval_spikes_heldout_forward",
                     "eval_cond_idx", "train_cond_idx"):
@@ -70,13 +69,13 @@ def test_synthetic_loads_in_unmodified_nlb_tools(synthetic_home):
     assert vel.abs().max().max() > 50  # mm/s: the hand actually moves
 
     ds.resample(5)
-    tr = make_train_input_tensors(ds, "mc_maze_small", trial_split="train", save_file=False,
+    tr = make_train_input_tensors(ds, SPEC.name, trial_split="train", save_file=False,
                                   include_forward_pred=True)
     assert tr["train_spikes_heldin"].shape == (75, 140, 107)
     assert tr["train_spikes_heldout"].shape == (75, 140, 35)
     assert tr["train_spikes_heldin_forward"].shape == (75, 40, 107)
     assert tr["train_spikes_heldout_forward"].shape == (75, 40, 35)
-    test = make_eval_input_tensors(ds, "mc_maze_small", trial_split="test", save_file=False)
+    test = make_eval_input_tensors(ds, SPEC.name, trial_split="test", save_file=False)
     assert set(test) == {"eval_spikes_heldin"}  # the test file has held-in units only
     assert test["eval_spikes_heldin"].shape == (100, 140, 107)
     rate_hz = np.nanmean(tr["train_spikes_heldin"].astype(float)) * 200
@@ -102,8 +101,8 @@ def test_synthetic_true_rates_match_spikes(synthetic_home):
     from nlb_ndt.paths import get_paths
 
     paths = get_paths({"NLB_HOME": str(synthetic_home)})
-    tensors = preprocess.load_tensors("mc_maze_small", phase="val", paths=paths)
-    rates = synthetic.true_rates(synthetic_home / "raw", "mc_maze_small", phase="val")
+    tensors = preprocess.load_tensors(SPEC.name, phase="val", paths=paths)
+    rates = synthetic.true_rates(synthetic_home / "raw", SPEC.name, phase="val")
     assert set(rates) == set(RATE_KEYS)
     assert all(v.dtype == np.float32 for v in rates.values())
     for kind in ("heldin", "heldout"):
@@ -128,10 +127,10 @@ def test_synthetic_reuses_complete_output(synthetic_home):
     raw = synthetic_home / "raw"
     nwb = raw / SPEC.dandiset_id / SPEC.train_file
     before = nwb.stat().st_mtime_ns
-    assert synthetic.generate(raw, like="mc_maze_small", seed=0) == raw / SPEC.folder
+    assert synthetic.generate(raw, like=SPEC.name, seed=0) == raw / SPEC.folder
     assert nwb.stat().st_mtime_ns == before
     with pytest.raises(FileExistsError, match="overwrite"):
-        synthetic.generate(raw, like="mc_maze_small", seed=1)
+        synthetic.generate(raw, like=SPEC.name, seed=1)
 
 
 def test_synthetic_refuses_real_dandi_folder(tmp_path):
@@ -140,7 +139,7 @@ def test_synthetic_refuses_real_dandi_folder(tmp_path):
     real.mkdir(parents=True)
     (real / "sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb").write_bytes(b"real")
     with pytest.raises(synthetic.RealDataError, match="refusing") as err:
-        synthetic.generate(tmp_path, like="mc_maze_small")
+        synthetic.generate(tmp_path, like=SPEC.name)
     assert "\n" not in str(err.value)
     assert not (tmp_path / SPEC.dandiset_id / synthetic.MARKER).exists()
     assert not (tmp_path / synthetic.EVAL_DATA_TEST).exists()
@@ -151,7 +150,7 @@ def test_synthetic_refuses_real_eval_data(tmp_path):
     with h5py.File(tmp_path / synthetic.EVAL_DATA_TEST, "w") as f:
         f["mc_maze/eval_spikes_heldout"] = np.zeros((2, 3, 4))
     with pytest.raises(synthetic.RealDataError, match="eval_data_test.h5"):
-        synthetic.generate(tmp_path, like="mc_maze_small")
+        synthetic.generate(tmp_path, like=SPEC.name)
     assert not (tmp_path / SPEC.dandiset_id).exists()
 
 

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 from yacs.config import CfgNode as CN
 
 from nlb_ndt.config import get_cfg_defaults, load_config
-from nlb_ndt.templates import (TEMPLATE_DIR, generate_configs,
-                            render_config, template_names)
 from nlb_ndt.datasets import DATASET_NAMES, get_spec
 from nlb_ndt.paths import get_paths
-
-ROOT = Path(__file__).resolve().parents[1]
+from nlb_ndt.templates import TEMPLATE_DIR, generate_configs, render_config, template_names
 
 # The original's fixed per-dataset settings (original_pipeline.md §4.2):
 # (EMBED_DIM, NUM_LAYERS, LR.WARMUP, PATIENCE, NUM_UPDATES, span ramp start, end).

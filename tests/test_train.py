@@ -6,15 +6,12 @@ import csv
 import json
 
 import pytest
+from helpers import BIN_MS, DATASET, GROUP, TEMPLATE
 
 from nlb_ndt.checkpoint import load_model
 from nlb_ndt.config import load_config
 from nlb_ndt.runs import SNAPSHOT_KINDS
 from nlb_ndt.train import train_model
-
-from pathlib import Path
-
-TEMPLATE = Path(__file__).resolve().parents[1] / "configs" / "templates" / "synthetic.yaml"
 
 
 def synthetic_cfg(**overrides):
@@ -32,8 +29,8 @@ def test_train_short_run_learns_and_beats_smoothing(nlb_env, tmp_path):
 
     cfg = synthetic_cfg(**{"TRAIN.NUM_UPDATES": 150, "TRAIN.VAL_INTERVAL": 10})
     final = train_model(cfg, run_dir=tmp_path / "run", trial_id="t0", device="cpu")
-    arrays = preprocess.load_tensors("mc_maze_small", phase="val", bin_ms=20)
-    target = preprocess.load_val_target("mc_maze_small", bin_ms=20)["mc_maze_small_20"]
+    arrays = preprocess.load_tensors(DATASET, phase="val", bin_ms=BIN_MS)
+    target = preprocess.load_val_target(DATASET, bin_ms=BIN_MS)[GROUP]
     smooth = smoothing_rates(arrays, bin_ms=20)
     smooth_cobps = co_bps(smooth["eval_rates_heldout"], target["eval_spikes_heldout"])
     assert final["done"]

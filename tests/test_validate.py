@@ -17,18 +17,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import PATH_VARS, load_script, save_original_layout
+from helpers import DATASET, PATH_VARS, ROOT, load_script, save_original_layout
 from yacs.config import CfgNode
 
 from nlb_ndt.config import get_cfg_defaults
 from nlb_ndt.datasets import get_spec
-from nlb_ndt.validate import released_members
 from nlb_ndt.model import build_model
+from nlb_ndt.validate import released_members
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASET = "mc_maze_small"  # the synthetic dataset's shape; AESMTE3 averaged 7 of these
 
 
 
