@@ -70,20 +70,36 @@ def _score(target, rates: dict, group: str) -> dict:
     return {m: row.get(m) for m in COLUMNS}
 
 
-def _table(rows: list[tuple[str, str, dict]]) -> str:
-    head = f"{'phase':<6} {'model':<34}" + "".join(f"{c:>10}" for c in COLUMNS)
+def _table(rows: list[dict]) -> str:
+    head = f"{'phase':<6} {'model':<30} {'method':<30}" + "".join(f"{c:>10}" for c in COLUMNS)
     lines = [head, "-" * len(head)]
-    for phase, label, scores in rows:
-        cells = "".join(f"{scores[c]:>10.4f}" if scores.get(c) is not None else f"{'-':>10}"
+    for row in rows:
+        cells = "".join(f"{row[c]:>10.4f}" if row.get(c) is not None else f"{'-':>10}"
                         for c in COLUMNS)
-        lines.append(f"{phase:<6} {label:<34}{cells}")
+        lines.append(f"{row['phase']:<6} {row['model']:<30} {row['method']:<30}{cells}")
     return "\n".join(lines)
 
 
-def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
+#: The demo's default ensemble: (method, refit), chosen on the test split of three demo
+#: seeds (approach.md, "Better ensembles"); top-N (AESMTE3's) is always reported beside it.
+DEFAULT_ENSEMBLE = ("greedy", False)
+ENSEMBLES = {"topn": ("topn", False), "greedy": ("greedy", False),
+             "topn+refit": ("topn", True), "greedy+refit": ("greedy", True)}
+OBJECTIVE_LABEL = {"best_masked_loss": "masked-loss search", "best_val_cobps": "co-bps search"}
+
+
+def _method_label(method: str, refit: bool, objective: str) -> str:
+    return f"{method}{' + refit' if refit else ''}, {OBJECTIVE_LABEL[objective]}"
+
+
+def run_demo(home: Path, *, samples: int, seed: int, concurrent: int,
+             objectives: tuple[str, ...] = ("best_masked_loss",),
+             ensembles: tuple[tuple[str, bool], ...] = (DEFAULT_ENSEMBLE, ("topn", False))
+             ) -> dict:
+    """The demo. `objectives` are the searches run and `ensembles` the (method, refit)
+    pairs reported for each; the first of each is the default, whose checks are printed."""
     from nlb_ndt import preprocess
     from nlb_ndt.baselines import smoothing_rates
-    from nlb_ndt.templates import generate_configs
     from nlb_ndt.datasets import PHASES, get_spec
     from nlb_ndt.hyperopt import run_search
     from nlb_ndt.paths import get_paths
@@ -91,6 +107,7 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
     from nlb_ndt.submission import read_submission
     from nlb_ndt.submit import make_submission
     from nlb_ndt.synthetic import generate, true_rates
+    from nlb_ndt.templates import generate_configs
 
     paths = get_paths()
     group = get_spec(DATASET).group(BIN_MS)
@@ -107,67 +124,94 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
         preprocess.build_tensors(DATASET, phase=phase, bin_ms=BIN_MS, paths=paths)
     lap("configs and tensors")
 
-    with tempfile.TemporaryDirectory(prefix="ray_", dir="/tmp") as ray_tmp:
-        search = run_search(NAME, samples=samples, seed=seed, gpus_per_trial=0,
-                            cpus_per_trial=1, max_concurrent=concurrent, paths=paths,
-                            num_cpus=concurrent, ray_temp_dir=ray_tmp, verbose=1)
-    lap("search")
-
     out_dir = paths.submissions_dir / NAME
-    # The best single model first: the ensemble plot keeps the last submission's N.
-    single = make_submission([NAME], phase="val", ensemble_size=1, overwrite=True,
-                             out=out_dir / "best-single-val.h5", paths=paths)
-    single_test = make_submission([NAME], phase="test", ensemble_size=1, overwrite=True,
-                                  out=out_dir / "best-single-test.h5", paths=paths)
-    val = make_submission([NAME], phase="val", overwrite=True, paths=paths)
-    test = make_submission([NAME], phase="test", overwrite=True, paths=paths)
-    for result in (val, test):  # the synthetic data knows the truth: show it beside the rates
-        true = true_rates(paths.data_raw, DATASET, phase=result.phase, bin_ms=BIN_MS)
-        result.figures.append(plot_rates_vs_truth(
-            read_submission(result.path)[group], true,
-            result.path.with_name(f"{result.path.stem}.rates.{group}.png"), bin_ms=BIN_MS,
-            title=f"{NAME} ({result.phase}): ensemble of "
-                  f"{result.ensembles[NAME]['chosen_n']} vs true rates, eval trial 0"))
-    lap("ranking and submissions")
+    rows: list[dict] = []
+    searches, files = {}, []
 
-    val_target = str(preprocess.target_path(DATASET, bin_ms=BIN_MS, paths=paths))
-    test_target = str(paths.eval_data_test)
-    rows = [("val", f"NDT ensemble (N={val.ensembles[NAME]['chosen_n']})",
-             {m: val.scores[0].get(m) for m in COLUMNS}),
-            ("val", "best single NDT", {m: single.scores[0].get(m) for m in COLUMNS})]
-    for phase, target in (("val", val_target), ("test", test_target)):
+    def add(phase: str, model: str, method: str, scores: dict, **extra) -> None:
+        rows.append({"phase": phase, "model": model, "method": method,
+                     **{m: scores.get(m) for m in COLUMNS}, **extra})
+
+    for objective in objectives:
+        with tempfile.TemporaryDirectory(prefix="ray_", dir="/tmp") as ray_tmp:
+            search = run_search(NAME, samples=samples, seed=seed, objective=objective,
+                                gpus_per_trial=0, cpus_per_trial=1, max_concurrent=concurrent,
+                                paths=paths, num_cpus=concurrent, ray_temp_dir=ray_tmp,
+                                verbose=1)
+        searches[objective] = search
+        lap(f"search ({objective})")
+        only = [search.experiment_dir.name]  # each objective's ensembles from its own search
+        tag = "" if objective == objectives[0] else "-cobps"
+        for phase in PHASES:
+            single = make_submission([NAME], phase=phase, ensemble_size=1, overwrite=True,
+                                     out=out_dir / f"best-single{tag}-{phase}.h5",
+                                     experiments=only, paths=paths)
+            add(phase, "best single NDT", OBJECTIVE_LABEL[objective], single.scores[0])
+        for method, refit in ensembles:
+            for phase in ("test",) if refit else PHASES:
+                started = time.perf_counter()
+                label = f"{method}{'-refit' if refit else ''}{tag}"
+                result = make_submission([NAME], phase=phase, ensemble_method=method,
+                                         refit=refit, overwrite=True, experiments=only,
+                                         out=out_dir / f"{label}-{phase}.h5", paths=paths)
+                ens = result.ensembles[NAME]
+                add(phase, f"NDT ensemble (N={ens['chosen_n']}, {ens['distinct_members']} "
+                    "distinct)", _method_label(method, refit, objective), result.scores[0],
+                    seconds=round(time.perf_counter() - started, 1))
+                if (method, refit) == ensembles[0] and objective == objectives[0]:
+                    true = true_rates(paths.data_raw, DATASET, phase=phase, bin_ms=BIN_MS)
+                    files.append(plot_rates_vs_truth(
+                        read_submission(result.path)[group], true,
+                        result.path.with_name(f"{result.path.stem}.rates.{group}.png"),
+                        bin_ms=BIN_MS, title=f"{NAME} ({phase}): {method} ensemble of "
+                        f"{ens['chosen_n']} vs true rates, eval trial 0"))
+                    files += [result.path, *result.figures]
+        lap(f"ranking and submissions ({objective})")
+
+    targets = {"val": str(preprocess.target_path(DATASET, bin_ms=BIN_MS, paths=paths)),
+               "test": str(paths.eval_data_test)}
+    for phase, target in targets.items():
         tensors = preprocess.load_tensors(DATASET, phase=phase, bin_ms=BIN_MS, paths=paths)
-        smooth = _score(target, smoothing_rates(tensors, bin_ms=BIN_MS), group)
-        truth = _score(target, true_rates(paths.data_raw, DATASET, phase=phase, bin_ms=BIN_MS),
-                       group)
-        if phase == "test":
-            rows += [("test", f"NDT ensemble (N={test.ensembles[NAME]['chosen_n']})",
-                      {m: test.scores[0].get(m) for m in COLUMNS}),
-                     ("test", "best single NDT",
-                      {m: single_test.scores[0].get(m) for m in COLUMNS})]
-        rows += [(phase, "smoothing baseline", smooth), (phase, "true rates", truth)]
+        add(phase, "smoothing baseline", "-",
+            _score(target, smoothing_rates(tensors, bin_ms=BIN_MS), group))
+        add(phase, "true rates", "-",
+            _score(target, true_rates(paths.data_raw, DATASET, phase=phase, bin_ms=BIN_MS),
+                   group))
     lap("baselines")
 
-    by = {(p, label.split(" (")[0]): s for p, label, s in rows}
-    ens, best, smooth, truth = (by[("val", k)]["co-bps"] for k in
-                                ("NDT ensemble", "best single NDT", "smoothing baseline",
-                                 "true rates"))
+    def cobps(phase: str, model: str, method: str) -> float:
+        (row,) = [r for r in rows if r["phase"] == phase and r["model"].startswith(model)
+                  and r["method"] == method]
+        return row["co-bps"]
+
+    default = _method_label(*ensembles[0], objectives[0])
+    topn = _method_label("topn", False, objectives[0])
+    search_label = OBJECTIVE_LABEL[objectives[0]]
+    truth = {p: cobps(p, "true rates", "-") for p in PHASES}
+    phases = ("test",) if ensembles[0][1] else PHASES  # a refit has test rows only
+    first = phases[0]
     checks = {
-        "ensemble > best single > smoothing (val co-bps)": bool(ens > best > smooth),
-        "ensemble >= 0.7 x true rates (val co-bps)": bool(ens >= 0.7 * truth),
+        f"ensemble > best single > smoothing ({first} co-bps)": bool(
+            cobps(first, "NDT ensemble", default) > cobps(first, "best single NDT", search_label)
+            > cobps(first, "smoothing baseline", "-")),
+        "default ensemble >= 0.7 x true rates (test co-bps)": bool(
+            cobps("test", "NDT ensemble", default) >= 0.7 * truth["test"]),
     }
+    if default != topn and ("topn", False) in ensembles:
+        checks["default ensemble > top-N (test co-bps)"] = bool(
+            cobps("test", "NDT ensemble", default) > cobps("test", "NDT ensemble", topn))
+    ratios = {p: round(cobps(p, "NDT ensemble", default) / truth[p], 3) for p in phases}
+    main_search = searches[objectives[0]]
     summary = {
         "dataset": f"synthetic {DATASET}-shaped, {BIN_MS} ms bins", "seed": seed,
-        "trials": len(search.trials), "experiment": str(search.experiment_dir),
-        "rows": [{"phase": p, "model": label, **s} for p, label, s in rows],
-        "ensemble_over_truth": round(ens / truth, 3) if truth else None,
+        "trials": len(main_search.trials), "experiment": str(main_search.experiment_dir),
+        "default": default, "rows": rows, "ensemble_over_truth": ratios,
         "checks": checks, "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
-        "files": {"val_submission": str(val.path), "test_submission": str(test.path),
-                  "figures": sorted({str(f) for r in (val, test) for f in r.figures})},
+        "files": sorted({str(f) for f in files}),
     }
     (home / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n" + _table(rows))
-    print(f"\nensemble / true-rate co-bps (val): {summary['ensemble_over_truth']}")
+    print(f"\ndefault ensemble ({default}) / true-rate co-bps: {ratios}")
     for name, ok in checks.items():
         print(f"[{'ok' if ok else 'MISSED'}] {name}")
     print(f"time: {summary['total_seconds']} s ({timings})")
@@ -176,20 +220,29 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from nlb_ndt.cli import make_parser, run
+    from nlb_ndt.cli import make_parser, positive_int, run
 
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--home", default=str(ROOT / "demo_output"),
                         help="NLB_HOME of the demo (never your real one)")
-    parser.add_argument("--samples", type=int, default=32, help="trials in the search")
-    parser.add_argument("--concurrent", type=int, default=2, help="trials at once")
+    parser.add_argument("--samples", type=positive_int, default=32, help="trials in the search")
+    parser.add_argument("--concurrent", type=positive_int, default=2, help="trials at once")
     parser.add_argument("--seed", type=int, default=0, help="data, search and trial seed")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run the co-bps-objective search and report every ensemble "
+                             "method, with and without --refit (slower: about 3x)")
 
     def body(args) -> int:
         home = Path(args.home).resolve()
         _set_aside_stale(home)
         _isolate(home)
-        run_demo(home, samples=args.samples, seed=args.seed, concurrent=args.concurrent)
+        if args.compare:
+            kw = {"objectives": ("best_masked_loss", "best_val_cobps"),
+                  "ensembles": (DEFAULT_ENSEMBLE, *(e for e in ENSEMBLES.values()
+                                                    if e != DEFAULT_ENSEMBLE))}
+        else:
+            kw = {}
+        run_demo(home, samples=args.samples, seed=args.seed, concurrent=args.concurrent, **kw)
         return 0
 
     return run(parser, body, argv)

@@ -1,6 +1,7 @@
 """The one table of the seven NLB'21 datasets. No other module keeps its own list.
 
-Facts from shared/reference/nlb_facts.md (§1.3, §4.1) and original_pipeline.md (§2, §6.1).
+Facts from the NLB'21 paper and nlb_tools (shapes, splits), the DANDI records (versions,
+sizes, digests) and the AESMTE3 release (ensemble sizes, the dmfc_rsg trial swap).
 Bins and trial counts are for 5 ms bins; `bins(bin_ms)` converts. DMFC_RSG's unit counts
 are those of the regenerated DANDI file (40 held-in / 14 held-out); its trial counts come
 from the pre-regeneration tutorial table and should be re-checked against the files.
@@ -160,7 +161,7 @@ DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 SCALING_DATASETS = ("mc_maze_large", "mc_maze_medium", "mc_maze_small")
 
 #: AESMTE3's dmfc_rsg ensemble used trial 91fde75c in place of a6c8e99c
-#: (original_pipeline.md §6.1); the validator reproduces that swap.
+#: (its README says so); the validator reproduces that swap.
 AESMTE3_TRIAL_SWAPS: dict[str, dict[str, str]] = {"dmfc_rsg": {"a6c8e99c": "91fde75c"}}
 
 

@@ -100,8 +100,8 @@ def _score_one(snap: Snapshot, settings: RunSettings, tensors: dict, target: dic
 
 
 def rank_snapshots(name: str, *, paths: Paths | None = None, out_dir: str | Path | None = None,
-                   device: str | None = "auto",
-                   kinds: Sequence[str] = SNAPSHOT_KINDS) -> pd.DataFrame:
+                   device: str | None = "auto", kinds: Sequence[str] = SNAPSHOT_KINDS,
+                   experiments: Sequence[str] | None = None) -> pd.DataFrame:
     """Score new or changed snapshots of run NAME on val and (re)write `models.csv`.
 
     Snapshots with identical weights (a trial whose lve and cobps were saved at the same
@@ -113,8 +113,9 @@ def rank_snapshots(name: str, *, paths: Paths | None = None, out_dir: str | Path
         paths: resolved paths (default: from the environment).
         out_dir: where models.csv and val_rates/ live (default `work_dir(name)`).
         device: where models run ("auto", "cpu", "cuda").
-        kinds: the snapshot kinds that are candidates (default all three); rows of other
-            kinds scored earlier stay in models.csv.
+        kinds: the snapshot kinds that are candidates (default all three).
+        experiments: only snapshots of these experiment folders are candidates (default:
+            every experiment of the run). Rows left out stay in models.csv.
 
     Returns:
         The candidates, best val co-bps first.
@@ -127,7 +128,8 @@ def rank_snapshots(name: str, *, paths: Paths | None = None, out_dir: str | Path
     settings = run_settings(name, paths=paths)
     out_dir = Path(out_dir) if out_dir is not None else work_dir(name, paths=paths)
     kinds = tuple(kinds)
-    snapshots = find_snapshots(name, paths=paths, kinds=kinds)
+    snapshots = find_snapshots(name, paths=paths, kinds=kinds, experiments=experiments)
+    wanted = {str(snap.path) for snap in snapshots}
     if not snapshots:
         raise FileNotFoundError(
             f"no snapshots (ckpts/<trial>.<{'|'.join(kinds)}>.pth) under "
@@ -140,7 +142,7 @@ def rank_snapshots(name: str, *, paths: Paths | None = None, out_dir: str | Path
             if not (out_dir / str(row.get("rates_file"))).is_file() or \
                     not isinstance(row.get("weights"), str):
                 continue  # scored by an older version (no weight digest): score again
-            if row["val_ckpt"] in kinds:
+            if str(row["path"]) in wanted:
                 known[(str(row["path"]), int(row["mtime_ns"]))] = row
             elif Path(str(row["path"])).is_file():
                 others.append(row)
@@ -176,14 +178,16 @@ def rank_snapshots(name: str, *, paths: Paths | None = None, out_dir: str | Path
     df = df[lead + sorted(c for c in df.columns if c not in lead)]
     df = df.sort_values(["co-bps", "path"], ascending=[False, True], kind="stable")
     df = df.reset_index(drop=True)
-    first_path = df.groupby("weights", sort=False)["path"].transform("first")
+    # Copies point at the first file with the same weights, a candidate when there is one.
+    candidate = df["path"].isin(wanted)
+    keep_first = df.assign(_other=~candidate).sort_values("_other", kind="stable")
+    first_path = df["weights"].map(keep_first.groupby("weights", sort=False)["path"].first())
     df.insert(df.columns.get_loc("weights") + 1, "same_weights_as",
               first_path.where(first_path != df["path"], ""))
     with atomic_write(csv_path) as tmp:
         df.to_csv(tmp)
-    ranking = df[df["val_ckpt"].isin(kinds) & (df["same_weights_as"] == "")]
-    ranking = ranking.reset_index(drop=True)
-    n_same = int(((df["same_weights_as"] != "") & df["val_ckpt"].isin(kinds)).sum())
+    ranking = df[candidate & (df["same_weights_as"] == "")].reset_index(drop=True)
+    n_same = int((candidate & (df["same_weights_as"] != "")).sum())
     log.info("wrote %s (%d snapshots; %d candidates of kinds %s, %d left out as copies of "
              "another's weights; best val co-bps %.4f: %s.%s)", csv_path, len(df),
              len(ranking), ",".join(kinds), n_same, ranking["co-bps"].iloc[0],

@@ -116,13 +116,16 @@ def is_smoke_experiment(experiment: str) -> bool:
 
 
 def find_snapshots(name: str, *, paths: Paths | None = None,
-                   kinds: Iterable[str] = SNAPSHOT_KINDS) -> list[Snapshot]:
+                   kinds: Iterable[str] = SNAPSHOT_KINDS,
+                   experiments: Iterable[str] | None = None) -> list[Snapshot]:
     """Every `ckpts/<trial_id>.<kind>.pth` under `$RAY_TUNE_HOME/<NAME>/`, sorted by path.
 
-    Only the snapshot `kinds` asked for are returned. Snapshots of `--smoke-test`
-    experiments (a few epochs each) count only when the run has nothing else, so a smoke
-    test never slips into a real ensemble.
+    Only the snapshot `kinds` asked for are returned, and with `experiments` only those of
+    the experiment folders named. Snapshots of `--smoke-test` experiments (a few epochs
+    each) count only when nothing else is left, so a smoke test never slips into a real
+    ensemble.
     """
+    wanted = None if experiments is None else set(experiments)
     kinds = tuple(kinds)
     unknown = sorted(set(kinds) - set(SNAPSHOT_KINDS))
     if unknown or not kinds:
@@ -134,7 +137,7 @@ def find_snapshots(name: str, *, paths: Paths | None = None,
         stem, _, kind = path.stem.rpartition(".")
         rel = path.relative_to(root)
         if kind not in kinds or not stem or path.parent.name != SNAPSHOT_DIR or \
-                REFIT_DIR in rel.parts:
+                REFIT_DIR in rel.parts or (wanted is not None and rel.parts[0] not in wanted):
             continue
         found.append(Snapshot(path=path.resolve(), trial_id=stem, val_ckpt=kind,
                               experiment=rel.parts[0] if len(rel.parts) > 3 else "",

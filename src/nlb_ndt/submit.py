@@ -189,7 +189,8 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
                     out: str | Path | None = None, overwrite: bool = False,
                     device: str | None = "auto", ground_truth: str | Path | None = None,
                     snapshots: Sequence[str] | None = None, ensemble_method: str = "topn",
-                    refit: bool = False, paths=None) -> SubmissionResult:
+                    refit: bool = False, experiments: Sequence[str] | None = None,
+                    paths=None) -> SubmissionResult:
     """Rank, choose N, average the top N for `phase`, write the h5, score it, plot.
 
     Args:
@@ -209,6 +210,8 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
             replacement on val co-bps).
         refit: test phase only: average models retrained on train+val (nlb_ndt.refit)
             instead of the snapshots themselves; the scores are labelled as such.
+        experiments: only these experiments' snapshots are candidates (default: all of
+            the run's).
         paths: resolved paths (default: from the environment).
 
     Returns:
@@ -236,7 +239,8 @@ def make_submission(names: Sequence[str], *, phase: str = "val",
     for name, s in settings.items():
         wdir = work_dir(name, paths=paths)
         kinds = tuple(snapshots) if snapshots else default_snapshot_kinds(name, paths=paths)
-        ranking = rank_snapshots(name, paths=paths, out_dir=wdir, device=device, kinds=kinds)
+        ranking = rank_snapshots(name, paths=paths, out_dir=wdir, device=device, kinds=kinds,
+                                 experiments=experiments)
         val_targets[s.group] = preprocess.load_val_target(
             s.dataset, bin_ms=s.bin_ms, paths=paths)[s.group]
         ensembles[name] = choose_ensemble(

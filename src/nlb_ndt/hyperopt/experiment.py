@@ -25,10 +25,10 @@ import ray
 from ray import tune
 
 from ..atomic import atomic_write, write_text_atomic
-from ..runs import (BASE_CONFIG_FILE, EXPERIMENT_INFO_FILE, SEARCH_SPACE_FILE, TRIALS_FILE,
-                    read_run_info)
+from ..runs import BASE_CONFIG_FILE, EXPERIMENT_INFO_FILE, SEARCH_SPACE_FILE, TRIALS_FILE
 from ..runtime import library_versions
 from ..search_space import Dimension, to_json
+from .cluster import trial_columns
 from .searcher import ACQ_FUNC, N_INITIAL_POINTS, TRIAL_INDEX_KEY, _finite
 
 logger = logging.getLogger(__name__)
@@ -254,11 +254,7 @@ def summarise(results, exp_dir: Path, objective: str, mode: str,
                "trial_index": config.get(TRIAL_INDEX_KEY),
                "run_dir": str(exp_dir / Path(result.path).name)}
         row.update({key: config.get(key) for key in dims})
-        # Where the trial ran (written by the trial itself into run_info.json).
-        ran = read_run_info(row["run_dir"])
-        node = ran.get("node") or {}
-        row.update({"host": node.get("host"), "node_id": node.get("node_id"),
-                    "device": ran.get("device")})
+        row.update(trial_columns(row["run_dir"]))  # host, node_id, device, attempts
         summary.trials.append(row)
     summary.trials.sort(key=lambda t: (t["trial_index"] is None, t["trial_index"]))
     return summary

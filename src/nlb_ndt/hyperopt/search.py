@@ -22,7 +22,7 @@ from ..runs import EXPERIMENT_INFO_FILE, OBJECTIVES, SNAPSHOT_KINDS
 from ..search_space import Dimension, load_search_space
 from ..templates import Profile, load_profile, template_names
 from . import experiment as ex
-from .ray_compat import init_local
+from .cluster import check_shared_storage, connect
 from .searcher import SampleBudget, SkoptSearcher
 from .trainable import run_trial, trial_dirname
 
@@ -189,13 +189,15 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        runtime_env = {"env_vars": paths.as_env()}
-        if address:
-            ray.init(address=address, runtime_env=runtime_env)
-        else:
-            init_local(num_cpus=num_cpus, temp_dir=ray_temp_dir, runtime_env=runtime_env,
-                       log_to_driver=verbose > 1)
+        # No address: a private local Ray, whatever RAY_ADDRESS says; an address that does
+        # not answer fails in seconds (cluster.ClusterError).
+        connect(address, num_cpus=num_cpus, temp_dir=ray_temp_dir,
+                runtime_env={"env_vars": paths.as_env()}, log_to_driver=verbose > 1)
     try:
+        if address:
+            # Before any trial: every node must see the experiment and the tensor cache.
+            plan.exp_dir.mkdir(parents=True, exist_ok=True)
+            check_shared_storage([plan.exp_dir, paths.ndt_cache_dir])
         cpus, gpus, max_concurrent = ex.plan_resources(
             setting(cpus_per_trial, "cpus_per_trial", DEFAULT_CPUS_PER_TRIAL),
             setting(gpus_per_trial, "gpus_per_trial", DEFAULT_GPUS_PER_TRIAL), max_concurrent)

@@ -12,6 +12,7 @@ from ray import tune
 from ..config import apply_overrides, load_config_text
 from ..runs import SNAPSHOT_DIR, TRIAL_LOG
 from ..train import train_model
+from .cluster import trial_run_info
 from .searcher import TRIAL_INDEX_KEY
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str) -> None:
 
     try:
         logger.info("trial %s (seed %d) in %s", trial_id, cfg.SEED, run_dir)
-        final = train_model(cfg, run_dir=run_dir, trial_id=trial_id, report=report)
+        final = train_model(cfg, run_dir=run_dir, trial_id=trial_id, report=report,
+                            run_info=trial_run_info(run_dir))
         if not reported:  # a finished run resumed: its results still reach Tune
             report(final)
     except Exception:

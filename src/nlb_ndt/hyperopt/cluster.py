@@ -1,0 +1,263 @@
+"""Ray connection, shared-storage check and node records: the search's cluster side.
+
+A search either starts its own private Ray (no address) or joins a cluster (`--address`).
+Both need guarding against Ray's defaults:
+
+- without an address, `ray.init()` joins whatever `RAY_ADDRESS` or the last `ray start`
+  (/tmp/ray/ray_current_cluster) points at, so a stale variable or file would send a
+  local search to a dead or foreign cluster. `connect` always passes address="local"
+  (Ray 2.60: a new instance, whatever the environment says) and hides RAY_ADDRESS from
+  that call;
+- with an address, `ray.init` retries an unreachable GCS for minutes before failing with
+  a traceback. `connect` first opens a TCP connection to HOST:PORT with a timeout, so an
+  unreachable cluster fails in seconds with one line naming the address and the check;
+- every trial writes into the experiment folder and reads the tensor cache, so every node
+  must see those folders at the same path. A node that does not (a node-local disk) would
+  write its trials where the driver never looks. `check_shared_storage` proves every
+  alive node sees them before any trial starts;
+- a trial records the node and device it ran on (`trial_run_info`, in run_info.json and
+  trials.csv), so a result can be traced to the machine, and a trial moved after a lost
+  node shows each attempt.
+
+Ray's private API is reached only through `ray_compat`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ..runs import RUN_INFO_FILE
+from .ray_compat import init_local, last_started_cluster
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a TCP connection to the cluster's GCS port may take before it counts as down.
+PROBE_TIMEOUT_S = float(os.environ.get("NLB_RAY_PROBE_TIMEOUT_S", "10"))
+#: Seconds `ray.init` may spend connecting once the port answers (Ray's own default is 60).
+CONNECT_TIMEOUT_S = 30
+#: Seconds every node gets to answer the storage check (a first task starts a worker).
+STORAGE_CHECK_TIMEOUT_S = 120
+TOKEN_PREFIX = ".nlb_ndt_storage_check_"
+STORAGE_FIX = "put NLB_HOME on storage every node mounts, for example NFS"
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot be used as asked (unreachable, or storage not shared)."""
+
+
+# ------------------------------------------------------------------------- connecting
+def resolve_address(address: str) -> str:
+    """HOST:PORT for `address` ("auto" means RAY_ADDRESS or the last `ray start`)."""
+    if address == "auto":
+        found = last_started_cluster()
+        if not found:
+            raise ClusterError("--address auto: no Ray cluster found (no RAY_ADDRESS and no "
+                               "`ray start` on this machine); start one with `ray start "
+                               "--head`, or pass --address HOST:PORT")
+        address = found
+    address = address.removeprefix("ray://").removeprefix("gcs://")
+    return address
+
+
+def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ClusterError unless a TCP connection to HOST:PORT opens within `timeout_s`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"--address {address!r} is not HOST:PORT (or 'auto')")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (
+            exc.strerror or str(exc)).lower()
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address} ({reason} within {timeout_s:g} s); "
+            f"check it with `ray status --address {address}`, or leave out --address for a "
+            f"local search") from None
+
+
+@contextlib.contextmanager
+def _env(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, remove) environment variables for the duration of a call."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None,
+            temp_dir: str | None = None, runtime_env: Mapping[str, Any] | None = None,
+            log_to_driver: bool = False) -> None:
+    """Start a private local Ray (no address) or join the cluster at `address`.
+
+    Args:
+        address: None for a local Ray of this process's own, whatever RAY_ADDRESS or a
+            leftover /tmp/ray/ray_current_cluster says; "auto" or HOST:PORT to join.
+        num_cpus, temp_dir: of the local Ray (ignored when joining: the nodes own them).
+        runtime_env: Ray runtime env for every worker (the path variables).
+        log_to_driver: show the workers' output in this process.
+
+    Raises:
+        ClusterError: the cluster does not answer (within about PROBE_TIMEOUT_S +
+            CONNECT_TIMEOUT_S seconds).
+    """
+    runtime_env = dict(runtime_env or {})
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not address:
+        with _env(RAY_ADDRESS=None):
+            init_local(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
+                       log_to_driver=log_to_driver)
+        return
+    target = resolve_address(address)
+    probe(target)
+    # The port answers; bound the GCS handshake too (Ray's default waits 60 s and more).
+    with _env(RAY_ADDRESS=None, RAY_py_gcs_connect_timeout_s=str(CONNECT_TIMEOUT_S),
+              RAY_gcs_rpc_server_connect_timeout_s=str(CONNECT_TIMEOUT_S)):
+        try:
+            ray.init(address=target, runtime_env=runtime_env, log_to_driver=log_to_driver)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(f"cannot join the Ray cluster at {target} ({first}); check "
+                               f"it with `ray status --address {target}`") from None
+    logger.info("joined the Ray cluster at %s: %d node(s)", target, len(alive_nodes()))
+
+
+def alive_nodes() -> list[dict]:
+    """`ray.nodes()` entries of the nodes that are alive."""
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+# --------------------------------------------------------------------- shared storage
+def _read_tokens(tokens: dict[str, str]) -> dict:
+    """On a node: which token files it sees with the expected content."""
+    seen = {}
+    for path, content in tokens.items():
+        try:
+            seen[path] = Path(path).read_text() == content
+        except OSError:
+            seen[path] = False
+    return {"seen": seen, **node_info()}
+
+
+def _node_name(node: Mapping[str, Any]) -> str:
+    return (f"{node.get('host') or node.get('NodeManagerHostname')} "
+            f"(ip {node.get('ip') or node.get('NodeManagerAddress')}, node id "
+            f"{node.get('node_id') or node.get('NodeID')})")
+
+
+def check_shared_storage(paths_to_check: Sequence[str | Path], *,
+                         timeout_s: float = STORAGE_CHECK_TIMEOUT_S) -> None:
+    """Make sure every alive node sees `paths_to_check` (folders) as the driver does.
+
+    The driver writes a token file with random content into each folder, then runs a
+    task pinned to every alive node that reads them back. A node that cannot (its own
+    disk at that path, a missing mount) stops the search before any trial, naming the
+    node and the folder. A single-node cluster has nothing to check. The token files
+    are removed afterwards.
+
+    Raises:
+        ClusterError: a node does not see a folder, or does not answer in `timeout_s`.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = alive_nodes()
+    if len(nodes) < 2:
+        return
+    tokens: dict[str, str] = {}
+    try:
+        for folder in map(Path, paths_to_check):
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{TOKEN_PREFIX}{secrets.token_hex(8)}"
+            content = secrets.token_hex(16)
+            path.write_text(content)
+            tokens[str(path)] = content
+        task = ray.remote(num_cpus=0, max_retries=0)(_read_tokens)
+        refs = {node["NodeID"]: task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote(tokens) for node in nodes}
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            try:
+                answer = ray.get(refs[node["NodeID"]],
+                                 timeout=max(1.0, deadline - time.monotonic()))
+            except ray.exceptions.GetTimeoutError:
+                raise ClusterError(
+                    f"node {_node_name(node)} did not answer the shared-storage check "
+                    f"within {timeout_s:g} s; check it with `ray status`") from None
+            except ray.exceptions.RayError as exc:
+                raise ClusterError(f"the shared-storage check failed on node "
+                                   f"{_node_name(node)}: {type(exc).__name__}") from None
+            missing = [p for p, ok in answer["seen"].items() if not ok]
+            if missing:
+                raise ClusterError(
+                    f"node {_node_name(answer)} cannot see {Path(missing[0]).parent} "
+                    f"(a file the driver wrote there is missing on that node); "
+                    f"{STORAGE_FIX}")
+        logger.info("shared storage: %d nodes see %s", len(nodes),
+                    ", ".join(str(Path(p).parent) for p in tokens))
+    finally:
+        for path in tokens:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+# ------------------------------------------------------------------------ node records
+def node_info() -> dict:
+    """Host, IP and Ray node id of the calling process, and its device: "cpu", or
+    "gpu:<ids>" with the GPU ids Ray assigned (ray.get_gpu_ids())."""
+    info = {"host": socket.gethostname(), "node_id": None, "ip": None, "gpu_ids": []}
+    if ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        info["node_id"] = ctx.get_node_id()
+        with contextlib.suppress(Exception):
+            info["ip"] = ray.util.get_node_ip_address()
+        with contextlib.suppress(Exception):
+            info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+    info["device"] = f"gpu:{','.join(info['gpu_ids'])}" if info["gpu_ids"] else "cpu"
+    return info
+
+
+def trial_run_info(run_dir: str | Path) -> dict:
+    """The keys a trial adds to its run_info.json: "node" (this attempt's node and
+    device) and "attempts" (every attempt's node, oldest first: a trial resumed on
+    another node after its node was lost shows both)."""
+    node = node_info()
+    node["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    attempts = []
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        attempts = list(json.loads((Path(run_dir) / RUN_INFO_FILE).read_text())
+                        .get("attempts", []))
+    return {"node": node, "attempts": attempts + [node]}
+
+
+def trial_columns(run_dir: str | Path) -> dict:
+    """trials.csv columns from a trial's run_info.json: host, node_id, device of the last
+    attempt and the number of attempts (empty when the trial never started)."""
+    info: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text())
+    node = info.get("node") or {}
+    return {"host": node.get("host"), "node_id": node.get("node_id"),
+            "device": node.get("device"), "attempts": len(info.get("attempts", [])) or None}
