@@ -308,3 +308,47 @@ def test_run_search_bin_ms_is_its_own_run_end_to_end(ray_env):
         t_obs, _ = spec.bins(5)
         assert f["mc_maze_small/eval_rates_heldout"].shape[1] == t_obs
     assert result.scores and result.scores[0]["co-bps"] is not None
+
+
+def test_ray_private_api_shims_match_the_installed_ray():
+    """Verify that the Ray release is the one ray_compat was written for, and that what
+    its shims reach into still exists: SearchGenerator's budget fields, ray.init's
+    _temp_dir, and the helper that resolves address="auto"."""
+    import inspect
+
+    import ray
+    from ray._private import services
+    from ray.tune.search import SearchGenerator
+
+    from nlb_ndt.hyperopt import ray_compat
+
+    assert ray.__version__ == ray_compat.TESTED_RAY_VERSION
+    generator = SearchGenerator(_searcher())
+    assert hasattr(generator, "_total_samples") and hasattr(generator, "_finished")
+    ray_compat.set_sample_budget(generator, 7)
+    assert generator._total_samples == 7 and generator._finished is False
+    assert 'kwargs.pop("_temp_dir"' in inspect.getsource(ray.init)
+    assert callable(services.canonicalize_bootstrap_address)
+
+
+@pytest.mark.slow
+def test_run_search_profile_aesmte3_sets_the_originals_settings(ray_env):
+    """Verify that --profile aesmte3 trains with the original's settings (fp32, its AdamW,
+    its lfve loss) in its own experiment, records the profile and the snapshot kinds, and
+    that make_submission then ranks lve and lfve only."""
+    from nlb_ndt.submit import default_snapshot_kinds
+
+    paths, temp_dir = ray_env
+    summary = _search(paths, temp_dir, samples=1, profile="aesmte3", gpus_per_trial=0)
+    exp_dir = paths.ray_tune_home / "synthetic" / "synthetic-s0-aesmte3-smoke"
+    assert summary.experiment_dir == exp_dir
+    info = json.loads((exp_dir / "experiment_info.json").read_text())
+    assert info["profile"] == "aesmte3" and info["snapshots"] == ["lve", "lfve"]
+    assert info["objective"] == "best_masked_loss"
+    (trial,) = summary.trials
+    cfg = load_config(Path(trial["run_dir"]) / "config.yaml")
+    assert cfg.TRAIN.AMP is False and cfg.TRAIN.OPTIMIZER == "adamw_legacy"
+    assert cfg.TRAIN.LFVE_LEGACY is True
+    run_info = json.loads((Path(trial["run_dir"]) / "run_info.json").read_text())
+    assert run_info["precision"] == "fp32" and run_info["optimizer"] == "adamw_legacy"
+    assert default_snapshot_kinds("synthetic", paths=paths) == ("lve", "lfve")

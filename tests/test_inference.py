@@ -190,3 +190,22 @@ def test_predict_rates_cuda_matches_cpu():
     gpu = predict_rates(model, x, device="cuda")
     assert next(model.parameters()).device.type == "cpu"  # moved back after the call
     np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_rates_leaves_the_callers_array_alone():
+    """Verify that predict_rates never clamps the caller's array: an ensemble passes one
+    array to every member, and a member with a low max_spikes must not clip it for the
+    members after it. Each model's rates equal a fresh call on a fresh copy."""
+    low, high = tiny_model(seed=1), tiny_model(seed=2)
+    low.max_spikes, high.max_spikes = 2, 9
+    counts = heldin(lam=3.0).astype(np.float32)  # many counts above 2
+    assert counts.max() > 2
+    original = counts.copy()
+    rates_low = predict_rates(low, counts)
+    rates_high = predict_rates(high, counts)
+    np.testing.assert_array_equal(counts, original)
+    np.testing.assert_array_equal(rates_low, predict_rates(low, original.copy()))
+    np.testing.assert_array_equal(rates_high, predict_rates(high, original.copy()))
+    # The high-limit model really saw the counts above 2 (so clipping would have shown).
+    clipped = np.minimum(original, 2)
+    assert not np.array_equal(rates_high, predict_rates(high, clipped))

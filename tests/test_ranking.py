@@ -61,3 +61,52 @@ def test_rank_snapshots_rescores_only_new_or_changed(search):
     changed = [f for f in third["rates_file"] if (out / f).stat().st_mtime_ns != stamps[f]]
     assert changed == [first.iloc[-1]["rates_file"]]
     assert int(third.set_index("path").loc[str(touched), "mtime_ns"]) == touched.stat().st_mtime_ns
+
+
+def _copy_of_search(search, tmp_path, monkeypatch):
+    """The fake search copied into a fresh NLB_HOME (so a test may change its files)."""
+    import shutil
+
+    from nlb_ndt.paths import get_paths
+
+    src = search["paths"]
+    shutil.copytree(src.ray_tune_home, tmp_path / "ray_results" / "neural-data-transformer")
+    shutil.copytree(src.config_dir, tmp_path / "configs")
+    monkeypatch.setenv("NLB_HOME", str(tmp_path))
+    for var in ("RAY_TUNE_HOME", "CONFIG_DIR", "CHECKPOINT_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return get_paths()
+
+
+def test_rank_snapshots_counts_identical_weights_once(search, tmp_path, monkeypatch):
+    """Verify that a snapshot saved twice under two names (the same weights, as when a
+    trial's best masked loss and best co-bps fall on one epoch) is one candidate, and that
+    models.csv records which file it copies."""
+    import shutil
+
+    paths = _copy_of_search(search, tmp_path, monkeypatch)
+    lve = sorted(paths.ray_tune_home.rglob("*.lve.pth"))[0]
+    shutil.copyfile(lve, lve.with_name(lve.name.replace(".lve.", ".cobps.")))  # same weights
+    ranking = rank_snapshots(NAME, paths=paths)
+    assert len(ranking) == 5  # six files, five distinct models
+    assert ranking["weights"].is_unique
+    table = read_ranking(paths.submissions_dir / NAME / "models.csv")
+    copies = table[table["same_weights_as"] != ""]
+    assert len(copies) == 1 and len(table) == 6
+    (copy,) = copies.to_dict("records")
+    assert {Path(copy["path"]).name, Path(copy["same_weights_as"]).name} == {
+        lve.name, lve.name.replace(".lve.", ".cobps.")}
+    assert copy["co-bps"] == pytest.approx(
+        table.loc[table["path"] == copy["same_weights_as"], "co-bps"].item(), abs=0)
+
+
+def test_rank_snapshots_limits_candidates_to_kinds(search, tmp_path, monkeypatch):
+    """Verify that kinds=("lve", "lfve") ranks only those kinds, keeps the others' rows in
+    models.csv, and that an unknown kind is refused."""
+    paths = _copy_of_search(search, tmp_path, monkeypatch)
+    everything = rank_snapshots(NAME, paths=paths)
+    two = rank_snapshots(NAME, paths=paths, kinds=("lve", "lfve"))
+    assert set(two["val_ckpt"]) == {"lve", "lfve"} and len(two) == 4
+    assert len(read_ranking(paths.submissions_dir / NAME / "models.csv")) == len(everything)
+    with pytest.raises(ValueError, match="unknown snapshot kind"):
+        rank_snapshots(NAME, paths=paths, kinds=("best",))

@@ -43,22 +43,26 @@ COVERED = {
     "download_data.py": "--help and --dry-run here; downloads in test_download.py",
     "download_checkpoints.py": "--help and --dry-run here; test_download.py",
     "generate_all_configs.py": "here (write, keep an edit, --overwrite); test_templates.py",
-    "run_hyperopt.py": "--help and first-run error here; searches in test_hyperopt.py",
-    "make_submission.py": "--help and first-run error here; test_submit.py, demo",
+    "train.py": "--help here; runs in test_single_run.py (the loop in test_train.py)",
+    "run_hyperopt.py": "--help, first-run and argument errors here; searches in "
+                       "test_hyperopt.py (--profile too), --address in test_cluster.py",
+    "make_submission.py": "--help and first-run error here; test_submit.py (greedy, "
+                          "--snapshots), test_refit.py (--refit), demo",
     "validate_test_submission.py": "--help here; runs in test_validate.py",
     "bench/train_speed.py": "--help here; its runs are the benchmark (bench/RESULTS.md)",
     "bench/validate_memory.py": "--help here; its run is the benchmark (bench/RESULTS.md)",
     "bench/demo_ceiling.py": "--help here; run after `make demo` (approach.md)",
+    "bench/snapshot_optimism.py": "--help here; run after `make demo` (approach.md)",
     "-m nlb_ndt.synthetic": "--help here; runs in test_synthetic.py",
     "-m pytest": "`make test`",
 }
 #: The commands whose `--help` is checked (every COVERED entry that has one of ours).
 HELP_COMMANDS = tuple(key for key in COVERED if key != "-m pytest")
 TOP_LEVEL_SCRIPTS = ("demo.py", "download_data.py", "download_checkpoints.py",
-                     "generate_all_configs.py", "run_hyperopt.py", "make_submission.py",
-                     "validate_test_submission.py")
+                     "generate_all_configs.py", "train.py", "run_hyperopt.py",
+                     "make_submission.py", "validate_test_submission.py")
 #: make target -> the covered command its recipe runs.
-MAKE_TARGETS = {"test": "-m pytest", "demo": "demo.py"}
+MAKE_TARGETS = {"test": "-m pytest", "lint": "-m ruff", "demo": "demo.py"}
 #: Options each script must keep (DESIGN.md "Stable public interfaces", and the README).
 STABLE_OPTIONS = {
     "download_data.py": ("--datasets", "--version", "--eval-data", "--dry-run"),
@@ -66,14 +70,17 @@ STABLE_OPTIONS = {
     "generate_all_configs.py": ("--overwrite",),
     "run_hyperopt.py": ("NAME", "--samples", "--seed", "--objective", "--gpus-per-trial",
                         "--cpus-per-trial", "--max-concurrent", "--address", "--smoke-test",
-                        "--fresh", "--bin-ms", "--opts"),
+                        "--fresh", "--bin-ms", "--profile", "--opts"),
     "make_submission.py": ("NAME", "--phase", "--ensemble-size", "--max-ensemble", "--out",
-                           "--overwrite", "--device"),
+                           "--overwrite", "--device", "--snapshots", "--ensemble-method",
+                           "--refit"),
+    "train.py": ("CONFIG_OR_NAME", "--opts", "--out", "--seed", "--device"),
     "validate_test_submission.py": ("DATASET", "SUBMISSION_H5", "--device", "--rtol"),
-    "demo.py": ("--home", "--samples", "--concurrent", "--seed"),
+    "demo.py": ("--home", "--samples", "--concurrent", "--seed", "--compare"),
     "bench/train_speed.py": ("--shape", "--device", "--concurrent"),
     "bench/validate_memory.py": ("--keep", "--device"),
     "bench/demo_ceiling.py": ("--home",),
+    "bench/snapshot_optimism.py": ("--home", "--name"),
     "-m nlb_ndt.synthetic": ("--out", "--like", "--seed"),
 }
 
@@ -260,6 +267,26 @@ def test_run_hyperopt_before_configs_fails_in_one_line(tmp_path):
     assert str(home / "configs" / "mc_maze.yaml") in line
     assert "python generate_all_configs.py" in line
     assert not (home / "ray_results").exists()
+
+
+def test_scripts_check_arguments_before_files(tmp_path):
+    """Verify that a bad argument is reported before any file is looked at: --samples -3
+    with no config rendered yet names --samples; validate_test_submission.py names a
+    missing or non-HDF5 submission before looking for checkpoints. One line, exit code
+    non-zero, no traceback, nothing written."""
+    home = tmp_path / "home"
+    proc = _run("run_hyperopt.py", "mc_maze_small", "--samples", "-3", env=_env(home))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "--samples" in lines[0] and "at least 1" in lines[0] and "config" not in lines[0]
+    line = _one_line_error(_run("validate_test_submission.py", "mc_maze",
+                                str(tmp_path / "missing.h5"), env=_env(home)))
+    assert "missing.h5 does not exist" in line
+    (tmp_path / "notes.h5").write_text("not hdf5")
+    line = _one_line_error(_run("validate_test_submission.py", "mc_maze",
+                                str(tmp_path / "notes.h5"), env=_env(home)))
+    assert "not an HDF5 file" in line and "checkpoint" not in line
+    assert not home.exists()
 
 
 def test_make_submission_before_search_fails_in_one_line(tmp_path):

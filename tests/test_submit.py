@@ -85,3 +85,60 @@ def test_make_submission_marks_test_phase_unscored_without_ground_truth(search, 
     assert "download_data.py --eval-data" in result.reason
     saved = json.loads(result.scores_path.read_text())
     assert saved["scored"] is False and saved["scores"] == [] and "missing.h5" in saved["reason"]
+
+
+def test_make_submission_greedy_beats_top_n_at_every_size(search, tmp_path):
+    """Verify greedy selection on the fake search: its val co-bps is >= the top-N mean's at
+    every size, its members carry multiplicities that add up to its size, the file scores
+    what the curve says, and ensemble.csv / the plot hold both curves."""
+    out = tmp_path / "greedy-val.h5"
+    result = make_submission([NAME], phase="val", ensemble_method="greedy", max_ensemble=8,
+                             out=out, device="cpu")
+    choice = result.ensembles[NAME]
+    topn, greedy = choice["topn_curve"], choice["greedy_curve"]
+    assert choice["method"] == "greedy" and len(greedy) == 8 and len(topn) == 6
+    for size in range(1, len(topn) + 1):
+        assert greedy[size - 1] >= topn[size - 1] - 1e-12, size
+    assert max(greedy) >= max(topn)
+    counts = [m["count"] for m in choice["members"]]
+    assert sum(counts) == choice["chosen_n"] and choice["distinct_members"] == len(counts)
+    assert choice["chosen_co-bps"] == pytest.approx(max(greedy), abs=1e-12)
+    data = read_submission(out)[GROUP]
+    assert co_bps(data["eval_rates_heldout"], search["target"]["eval_spikes_heldout"]) == \
+        pytest.approx(choice["chosen_co-bps"], abs=1e-6)
+    table = pd.read_csv(search["paths"].submissions_dir / NAME / "ensemble.csv")
+    assert {"co-bps", "greedy_co-bps", "greedy_trial_id"} <= set(table.columns)
+    assert (search["paths"].submissions_dir / NAME / "ensemble.png").stat().st_size > 1000
+
+
+def test_make_submission_greedy_repeats_a_member_without_running_it_twice(search, tmp_path):
+    """Verify that a member chosen k times counts k times in the file: the submission equals
+    the weighted mean of its distinct members' rates, each computed once."""
+    from nlb_ndt.ensemble import weighted_mean
+    from nlb_ndt.inference import snapshot_rates
+
+    result = make_submission([NAME], phase="val", ensemble_method="greedy", max_ensemble=12,
+                             out=tmp_path / "g.h5", device="cpu")
+    members = result.ensembles[NAME]["members"]
+    tensors = search["tensors"]
+    expected = weighted_mean(
+        (snapshot_rates(m["path"], train_heldin=tensors["train_spikes_heldin"],
+                        eval_heldin=tensors["eval_spikes_heldin"])[0], m["count"])
+        for m in members)
+    data = read_submission(tmp_path / "g.h5")[GROUP]
+    for key, value in expected.items():
+        np.testing.assert_allclose(data[key], value, rtol=1e-6)
+
+
+def test_make_submission_refuses_refit_for_the_val_phase(search, capsys):
+    """Verify that --refit --phase val is refused with one line, before anything is ranked
+    or written, by the script and by the function."""
+    folder = search["paths"].submissions_dir / NAME
+    before = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    assert load_script("make_submission").main([NAME, "--phase", "val", "--refit"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--refit applies to --phase test only" in err[0]
+    with pytest.raises(ValueError, match="--phase test only"):
+        make_submission([NAME], phase="val", refit=True)
+    after = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    assert after == before

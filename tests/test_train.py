@@ -93,3 +93,83 @@ def test_train_rejects_nan_loss(nlb_env, tmp_path):
                            "TRAIN.MAX_GRAD_NORM": 1e12})
     with pytest.raises(FloatingPointError):
         train_model(cfg, run_dir=tmp_path, device="cpu")
+
+
+def test_validation_is_fp32_even_when_training_in_bf16(nlb_env, tmp_path):
+    """Verify that with bf16 autocast in training, the validation metrics (which choose the
+    snapshots, patience and the search objective) equal an fp32 re-evaluation of the same
+    weights exactly, while a bf16 evaluation of those weights would differ."""
+    import torch
+
+    from nlb_ndt.train import Trainer
+
+    cfg = synthetic_cfg(**{"TRAIN.NUM_UPDATES": 3, "TRAIN.VAL_INTERVAL": 1,
+                           "TRAIN.AMP": True})
+    trainer = Trainer(cfg, run_dir=tmp_path / "run", device="cpu")
+    trainer.amp = True  # force autocast in training, as on a GPU with native bf16
+    for _ in range(2):
+        trainer.train_epoch()
+        trainer.epoch += 1
+    during = trainer.validate()
+    trainer.amp = False
+    again = trainer.validate()
+    assert during == again  # bit for bit: the same fp32 computation
+    from nlb_ndt.masking import assemble
+
+    batch = trainer.val_data.take(slice(0, 8))
+    heldin = batch.heldin.clamp(max=trainer.max_spikes)
+    inp, lab = assemble(heldin, heldin, batch.heldout, batch.forward)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_bf16, _ = trainer.model(inp, lab)
+        loss_fp32, _ = trainer.model(inp, lab)
+    assert float(loss_bf16) != float(loss_fp32)
+
+
+def test_train_records_precision_and_writes_tensorboard_curves(nlb_env, tmp_path):
+    """Verify that run_info.json says which precision trained the run, and that the run's
+    TensorBoard events hold every curve at every validation."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = synthetic_cfg(**{"TRAIN.NUM_UPDATES": 6, "TRAIN.VAL_INTERVAL": 2,
+                           "USE_TENSORBOARD": True})
+    train_model(cfg, run_dir=tmp_path / "run", trial_id="t", device="cpu")
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["precision"] in ("fp32", "bf16 autocast") and info["optimizer"] == "adamw"
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/masked_loss", "val/unmasked_loss", "val/cobps",
+            "train/lr"} <= tags
+    assert [e.step for e in events.Scalars("val/cobps")] == [2, 4, 6]
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [e.value for e in events.Scalars("val/masked_loss")] == pytest.approx(
+        [float(r["masked_loss"]) for r in rows], rel=1e-6)
+
+
+def test_train_without_tensorboard_writes_no_events(nlb_env, tmp_path):
+    """Verify that USE_TENSORBOARD False leaves no tb/ folder."""
+    cfg = synthetic_cfg(**{"TRAIN.NUM_UPDATES": 2, "TRAIN.VAL_INTERVAL": 2,
+                           "USE_TENSORBOARD": False})
+    train_model(cfg, run_dir=tmp_path / "run", trial_id="t", device="cpu")
+    assert not (tmp_path / "run" / "tb").exists()
+
+
+def test_train_with_the_legacy_optimizer(nlb_env, tmp_path):
+    """Verify that TRAIN.OPTIMIZER adamw_legacy trains with the original's AdamW and gives
+    different weights from torch's AdamW under weight decay, the same seed otherwise."""
+    import torch
+
+    from nlb_ndt.optim import LegacyAdamW
+    from nlb_ndt.train import Trainer
+
+    weights = {}
+    for name in ("adamw", "adamw_legacy"):
+        cfg = synthetic_cfg(**{"TRAIN.NUM_UPDATES": 2, "TRAIN.VAL_INTERVAL": 2,
+                               "TRAIN.OPTIMIZER": name, "TRAIN.WEIGHT_DECAY": 0.1})
+        trainer = Trainer(cfg, run_dir=tmp_path / name, device="cpu")
+        assert isinstance(trainer.optimizer, LegacyAdamW) == (name == "adamw_legacy")
+        trainer.fit()
+        weights[name] = trainer.model.decoder[0].weight.detach().clone()
+    assert not torch.equal(weights["adamw"], weights["adamw_legacy"])

@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from threadpoolctl import threadpool_limits
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,7 @@ def smoothing_rates(tensors: dict[str, np.ndarray], *, bin_ms: int = 5,
     Returns:
         The six submission arrays (float32, spikes per bin).
     """
-    from sklearn.linear_model import PoissonRegressor
-    from threadpoolctl import threadpool_limits
+    from sklearn.linear_model import PoissonRegressor  # scikit-learn: slow import, one baseline
 
     sd_bins = kern_sd_ms / bin_ms
     train_in = _smooth(tensors["train_spikes_heldin"], sd_bins)

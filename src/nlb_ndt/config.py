@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 _C = CN()
 _C.SEED = 100  # base random seed (python, numpy, torch); a search derives one per trial
 _C.VARIANT = "experiment"  # run name; prefix of snapshot files outside a search
-_C.USE_TENSORBOARD = True  # TensorBoard curves per run in TENSORBOARD_DIR (metrics.csv is always written)
+_C.USE_TENSORBOARD = True  # TensorBoard curves in TENSORBOARD_DIR (metrics.csv is always kept)
 _C.TENSORBOARD_DIR = "tb/"  # TensorBoard folder (relative to the run folder)
 _C.CHECKPOINT_DIR = "ckpts/"  # snapshot folder (relative to the run folder unless absolute)
 _C.LOG_DIR = "logs/"  # log folder (relative to the run folder)
@@ -85,7 +85,7 @@ _C.TRAIN = CN()
 _C.TRAIN.DO_VAL = True  # validate every VAL_INTERVAL epochs
 _C.TRAIN.DO_R2 = True  # original: R2 against ground-truth rates (unused for NLB)
 _C.TRAIN.BATCH_SIZE = 64  # trials per batch
-_C.TRAIN.NUM_UPDATES = 10000  # training length in epochs; the cosine reaches 0 here and training stops
+_C.TRAIN.NUM_UPDATES = 10000  # training length in epochs; the cosine reaches 0 here, training stops
 _C.TRAIN.MAX_GRAD_NORM = 200.0  # gradient-norm clip
 _C.TRAIN.USE_ZERO_MASK = True  # mask token is 0 (else max_spikes + 1)
 _C.TRAIN.MASK_RATIO = 0.2  # fraction of observed bins masked
@@ -102,14 +102,14 @@ _C.TRAIN.LR.SCHEDULER = "cosine"  # linear warmup then half-cosine to 0 at NUM_U
 _C.TRAIN.LR.WARMUP = 1000  # warmup length in epochs
 _C.TRAIN.WEIGHT_DECAY = 0.0  # AdamW decoupled weight decay (on every parameter, as the original)
 _C.TRAIN.EPS = 1e-8  # AdamW epsilon
-_C.TRAIN.OPTIMIZER = "adamw"  # "adamw" (torch.optim.AdamW) or "adamw_legacy" (the original's arithmetic)
-_C.TRAIN.STOP_AT_EPOCH = 0  # stop after this epoch (0: NUM_UPDATES); the schedule still spans NUM_UPDATES
+_C.TRAIN.OPTIMIZER = "adamw"  # "adamw" (torch's) or "adamw_legacy" (the original's arithmetic)
+_C.TRAIN.STOP_AT_EPOCH = 0  # stop after this epoch (0: NUM_UPDATES); the schedule keeps NUM_UPDATES
 _C.TRAIN.PATIENCE = 750  # stop when the best masked val loss is this many epochs old
 _C.TRAIN.CHECKPOINT_INTERVAL = 1000  # epochs between resumable state saves
 _C.TRAIN.LOG_INTERVAL = 50  # epochs between progress log lines
 _C.TRAIN.VAL_INTERVAL = 10  # epochs between validations
 _C.TRAIN.TUNE_MODE = False  # set inside a Ray Tune trial
-_C.TRAIN.TUNE_EPOCHS_PER_GENERATION = 500  # original: epochs per Tune step (we report every validation)
+_C.TRAIN.TUNE_EPOCHS_PER_GENERATION = 500  # original: epochs per Tune step (unused: see INERT_KEYS)
 _C.TRAIN.TUNE_HP_JSON = "./search_space.json"  # search-space JSON (filled by generate_all_configs)
 _C.TRAIN.TUNE_WARMUP = 0  # original (unused)
 _C.TRAIN.TUNE_METRIC = "smth_masked_loss"  # original (unused; see run_hyperopt --objective)
@@ -144,9 +144,10 @@ INERT_KEYS: dict[str, str] = {
 }
 
 #: Keys the original did not have; its checkpoints and configs get these defaults.
-ADDED_KEYS = ("SYSTEM.DEVICE", "DATA.DATASET", "DATA.BIN_MS", "MODEL.FAST_ATTENTION", "TRAIN.LFVE_LEGACY",
-              "TRAIN.VAL_MASK_SEED", "TRAIN.DATA_ON_DEVICE", "TRAIN.AMP", "TRAIN.COMPILE",
-              "TRAIN.OPTIMIZER", "TRAIN.STOP_AT_EPOCH", "DATA.TRAIN_SPLITS")
+ADDED_KEYS = ("SYSTEM.DEVICE", "DATA.DATASET", "DATA.BIN_MS", "DATA.TRAIN_SPLITS",
+              "MODEL.FAST_ATTENTION", "TRAIN.LFVE_LEGACY", "TRAIN.VAL_MASK_SEED",
+              "TRAIN.DATA_ON_DEVICE", "TRAIN.AMP", "TRAIN.COMPILE", "TRAIN.OPTIMIZER",
+              "TRAIN.STOP_AT_EPOCH")
 
 
 def get_cfg_defaults() -> CN:

@@ -25,8 +25,18 @@ import requests
 
 from .archive import extract_zip, safe_relpath
 from .datasets import DATASET_NAMES, SYNTHETIC_MARKER, DatasetSpec, get_spec
-from .fetch import (DownloadError, FileResult, RemoteFile, RetryPolicy, _get_json, _planned,
-                    _public, _session, fetch_file, verify_file)
+from .fetch import (
+    DownloadError,
+    FileResult,
+    RemoteFile,
+    RetryPolicy,
+    _get_json,
+    _planned,
+    _public,
+    _session,
+    fetch_file,
+    verify_file,
+)
 from .paths import Paths, get_paths
 
 logger = logging.getLogger(__name__)

@@ -239,8 +239,9 @@ def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.n
 
     Memory: one float64 running sum and one float64 trial sum of shape (B, T, N_out)
     (plus co_bps' transient copies of one trial mean); each candidate is read from
-    `candidates[i]` once per step (the chosen one once more, to add it), so memmaps (np.load(..., mmap_mode="r")) are never
-    all in memory. Each step costs len(candidates) co-bps evaluations.
+    `candidates[i]` once per step (the chosen one once more, to add it), so memmaps
+    (np.load(..., mmap_mode="r")) are never all in memory. Each step costs
+    len(candidates) co-bps evaluations.
 
     Args:
         candidates: per-snapshot val `eval_rates_heldout`, each (B, T, N_out), in ranking

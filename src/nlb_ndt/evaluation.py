@@ -25,8 +25,14 @@ from threadpoolctl import threadpool_limits
 
 from .atomic import write_text_atomic
 from .datasets import parse_group
-from .submission import (SubmissionError, check_submission, check_target, group_shapes,
-                         read_h5, trial_counts)
+from .submission import (
+    SubmissionError,
+    check_submission,
+    check_target,
+    group_shapes,
+    read_h5,
+    trial_counts,
+)
 
 #: Metric columns in EvalAI's leaderboard order.
 METRICS = ("co-bps", "vel R2", "tp corr", "psth R2", "fp-bps")

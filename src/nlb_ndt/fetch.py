@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass

@@ -152,8 +152,11 @@ def _build_phase(spec: DatasetSpec, phase: str, bin_ms: int, folder: Path, paths
 
 def _make_tensors(ds, spec: DatasetSpec, phase: str, bin_ms: int) -> tuple[dict, dict | None]:
     """nlb_tools' tensors for `phase`, keyed as in the cache files."""
-    from nlb_tools.make_tensors import (make_eval_input_tensors, make_eval_target_tensors,
-                                        make_train_input_tensors)
+    from nlb_tools.make_tensors import (
+        make_eval_input_tensors,
+        make_eval_target_tensors,
+        make_train_input_tensors,
+    )
 
     train_split = "train" if phase == "val" else ["train", "val"]
     tensors = dict(make_train_input_tensors(

@@ -32,8 +32,14 @@ from .atomic import atomic_write
 from .evaluation import score_submission
 from .inference import snapshot_rates
 from .paths import Paths, get_paths
-from .runs import (SNAPSHOT_KINDS, RunSettings, Snapshot, find_snapshots, run_settings,
-                   trial_hyperparameters)
+from .runs import (
+    SNAPSHOT_KINDS,
+    RunSettings,
+    Snapshot,
+    find_snapshots,
+    run_settings,
+    trial_hyperparameters,
+)
 from .runtime import resolve_device
 
 log = logging.getLogger(__name__)

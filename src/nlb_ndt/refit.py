@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def refit_dir(member: Mapping) -> Path:
     """Where the refit of one ensemble member (an ensemble.json member) lives."""
-    return Path(member["path"]).parent.parent / REFIT_DIR / f"{member['val_ckpt']}-e{member['epoch']}"
+    trial_dir = Path(member["path"]).parent.parent
+    return trial_dir / REFIT_DIR / f"{member['val_ckpt']}-e{member['epoch']}"
 
 
 def refit_member(member: Mapping, *, device: str | None = None, paths: Paths | None = None

@@ -5,7 +5,8 @@ each holding six float32 arrays of rates in spikes per bin, shaped (trials, bins
 
     train_rates_heldin   (n_train, T_obs, N_in)     train_rates_heldout  (n_train, T_obs, N_out)
     eval_rates_heldin    (n_eval,  T_obs, N_in)     eval_rates_heldout   (n_eval,  T_obs, N_out)
-    eval_rates_heldin_forward (n_eval, T_fwd, N_in) eval_rates_heldout_forward (n_eval, T_fwd, N_out)
+    eval_rates_heldin_forward  (n_eval, T_fwd, N_in)
+    eval_rates_heldout_forward (n_eval, T_fwd, N_out)
 
 Val phase: train = the train split, eval = the val split. Test phase: train = train+val,
 eval = test. The three MC_Maze scaling datasets must share one file (the scorer reports them

@@ -28,11 +28,23 @@ from .inference import ensemble_rates
 from .paths import get_paths
 from .ranking import cached_heldout, rank_snapshots, work_dir
 from .refit import refit_members
-from .runs import (SNAPSHOT_KINDS, experiment_records, read_trial_histories, run_settings,
-                   search_objective, trial_dirs)
+from .runs import (
+    SNAPSHOT_KINDS,
+    experiment_records,
+    read_trial_histories,
+    run_settings,
+    search_objective,
+    trial_dirs,
+)
 from .runtime import resolve_device
-from .submission import (SubmissionError, build_submission, group_shapes, trial_counts,
-                         warn_scaling, write_submission)
+from .submission import (
+    SubmissionError,
+    build_submission,
+    group_shapes,
+    trial_counts,
+    warn_scaling,
+    write_submission,
+)
 
 log = logging.getLogger(__name__)
 

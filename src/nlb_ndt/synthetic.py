@@ -35,10 +35,17 @@ import numpy as np
 import pandas as pd
 
 from . import _synth_models as models
-from .cli import make_parser, run
 from .atomic import atomic_write, write_text_atomic
-from .datasets import (BEHAVIOR_FIELDS, DATASET_NAMES, SYNTHETIC_MARKER, DatasetSpec,
-                       check_bin_ms, check_phase, get_spec)
+from .cli import make_parser, run
+from .datasets import (
+    BEHAVIOR_FIELDS,
+    DATASET_NAMES,
+    SYNTHETIC_MARKER,
+    DatasetSpec,
+    check_bin_ms,
+    check_phase,
+    get_spec,
+)
 from .psth import add_psth
 
 logger = logging.getLogger(__name__)

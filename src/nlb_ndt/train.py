@@ -40,8 +40,15 @@ from .masking import assemble, mask_heldin
 from .metrics import co_bps
 from .model import NDT, build_model
 from .optim import build_optimizer
-from .runs import (CONFIG_FILE, FINAL_KIND, METRIC_FIELDS, METRICS_FILE, RUN_INFO_FILE,
-                   STATE_FILE, snapshot_path)
+from .runs import (
+    CONFIG_FILE,
+    FINAL_KIND,
+    METRIC_FIELDS,
+    METRICS_FILE,
+    RUN_INFO_FILE,
+    STATE_FILE,
+    snapshot_path,
+)
 from .runtime import bf16_native, library_versions, resolve_device, seed_everything
 from .schedules import build_scheduler
 from .tensorboard_log import ScalarLog

@@ -25,6 +25,7 @@ from .ranking import read_ranking
 from .runtime import resolve_device
 from .submission import check_submission, group_shapes, read_h5, trial_counts
 
+
 @dataclass
 class ValidationResult:
     """Outcome of `validate_released_submission`.

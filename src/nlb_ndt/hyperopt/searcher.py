@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import skopt
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from skopt.space import Categorical, Integer, Real
 
 from ..search_space import Dimension, to_json
