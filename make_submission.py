@@ -16,8 +16,8 @@ from pathlib import Path
 
 from nlb_ndt.cli import make_parser, run
 from nlb_ndt.datasets import PHASES
-from nlb_ndt.runs import SNAPSHOT_KINDS
 from nlb_ndt.ensemble import ENSEMBLE_METHODS
+from nlb_ndt.runs import SNAPSHOT_KINDS
 
 
 def _size(text: str) -> int | str:
