@@ -1,6 +1,6 @@
 """A real HTTP server on 127.0.0.1 that plays DANDI, Zenodo and a plain file host, with faults.
 
-It serves the JSON shapes of the real services (shared/reference/nlb_facts.md §4.2, §5):
+It serves the JSON shapes of the real services (the DANDI and Zenodo REST APIs):
 
     /dandi/api/dandisets/{id}/versions/{v}/assets/?page_size=&page=   paginated list
         {count, next, previous, results: [{asset_id, blob, zarr, path, size, created, modified}]}

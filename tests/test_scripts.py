@@ -63,7 +63,7 @@ TOP_LEVEL_SCRIPTS = ("demo.py", "download_data.py", "download_checkpoints.py",
                      "make_submission.py", "validate_test_submission.py")
 #: make target -> the covered command its recipe runs.
 MAKE_TARGETS = {"test": "-m pytest", "lint": "-m ruff", "demo": "demo.py"}
-#: Options each script must keep (DESIGN.md "Stable public interfaces", and the README).
+#: Options each script must keep (the public command lines the README documents).
 STABLE_OPTIONS = {
     "download_data.py": ("--datasets", "--version", "--eval-data", "--dry-run"),
     "download_checkpoints.py": ("--dry-run",),
@@ -130,7 +130,7 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize("command", HELP_COMMANDS)
 def test_script_help_prints_usage_and_stable_options(command):
     """Verify that `--help` exits 0, prints the script's usage line and lists the options
-    the README and DESIGN.md promise, without a traceback."""
+    the README promises, without a traceback."""
     proc = _help(command)
     assert proc.returncode == 0, proc.stderr
     prog = "synthetic.py" if command.startswith("-m ") else Path(command).name

@@ -17,7 +17,7 @@ from nlb_ndt.datasets import DATASET_NAMES, get_spec
 from nlb_ndt.paths import get_paths
 from nlb_ndt.templates import TEMPLATE_DIR, generate_configs, render_config, template_names
 
-# The original's fixed per-dataset settings (original_pipeline.md §4.2):
+# The original's fixed per-dataset settings (from its released configs):
 # (EMBED_DIM, NUM_LAYERS, LR.WARMUP, PATIENCE, NUM_UPDATES, span ramp start, end).
 ORIGINAL = {
     "mc_maze": (0, 4, 5000, 3000, 50501, 8000, 12000),
@@ -74,7 +74,7 @@ def test_configs_file_names_match_preprocess(tmp_path):
 
 
 def test_configs_original_fixed_settings():
-    """Verify the original's per-dataset fixed settings (§4.2) and the shared ones."""
+    """Verify the original's per-dataset fixed settings and the shared ones."""
     for name, expected in ORIGINAL.items():
         cfg = load_config(TEMPLATE_DIR / f"{name}.yaml")
         got = (cfg.MODEL.EMBED_DIM, cfg.MODEL.NUM_LAYERS, cfg.TRAIN.LR.WARMUP,
