@@ -145,3 +145,15 @@ def fill_search(paths, tensors) -> list[dict]:
                             trial_id=trial_id, kind=kind)
             written.append({"path": path, "trial_id": trial_id, "kind": kind, "noise": noise})
     return written
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    """A deflated zip archive of {member name: bytes}, in memory."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

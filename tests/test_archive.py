@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import struct
-import zipfile
 
 import pytest
+from helpers import make_zip
 
 from nlb_ndt import archive
 
 TOP = "ae-nlb-2021-model-checkpoints"
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 
 def test_extract_zip_refuses_absolute_member(tmp_path):
     """Verify that an absolute member path is refused and nothing is written."""
     zpath = tmp_path / "a.zip"
-    zpath.write_bytes(_zip({"ok/x.txt": b"1", "/etc/evil": b"2"}))
+    zpath.write_bytes(make_zip({"ok/x.txt": b"1", "/etc/evil": b"2"}))
     with pytest.raises(archive.UnsafeArchiveError, match="/etc/evil"):
         archive.extract_zip(zpath, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -34,7 +27,7 @@ def test_extract_zip_refuses_absolute_member(tmp_path):
 def test_extract_zip_refuses_declared_size_above_limit(tmp_path):
     """Verify that an archive declaring more uncompressed bytes than the limit is refused."""
     zpath = tmp_path / "a.zip"
-    zpath.write_bytes(_zip({"big.bin": b"\0" * 100_000}))
+    zpath.write_bytes(make_zip({"big.bin": b"\0" * 100_000}))
     with pytest.raises(archive.UnsafeArchiveError, match="100,000"):
         archive.extract_zip(zpath, tmp_path / "out", max_total_bytes=50_000)
     assert not (tmp_path / "out").exists()
@@ -42,7 +35,7 @@ def test_extract_zip_refuses_declared_size_above_limit(tmp_path):
 
 def test_extract_zip_rejects_member_bigger_than_declared(tmp_path):
     """Verify that a member whose real size exceeds its declared size leaves no file behind."""
-    raw = bytearray(_zip({"top/data.bin": b"\0" * 10_000}))
+    raw = bytearray(make_zip({"top/data.bin": b"\0" * 10_000}))
     central = raw.find(b"PK\x01\x02")
     raw[central + 24: central + 28] = struct.pack("<I", 100)  # declared uncompressed size
     zpath = tmp_path / "a.zip"
@@ -55,7 +48,7 @@ def test_extract_zip_rejects_member_bigger_than_declared(tmp_path):
 def test_extract_zip_keeps_layout_without_single_top_folder(tmp_path):
     """Verify that members are not moved up when the archive has several top-level entries."""
     zpath = tmp_path / "a.zip"
-    zpath.write_bytes(_zip({"mc_rtt/models.csv": b"a", "mc_maze/models.csv": b"b"}))
+    zpath.write_bytes(make_zip({"mc_rtt/models.csv": b"a", "mc_maze/models.csv": b"b"}))
     files = archive.extract_zip(zpath, tmp_path / "out")
     assert [p.relative_to(tmp_path / "out").as_posix() for p in files] == [
         "mc_rtt/models.csv", "mc_maze/models.csv"]
@@ -65,7 +58,7 @@ def test_extract_zip_keeps_layout_without_single_top_folder(tmp_path):
 def test_extract_zip_ignores_macos_resource_forks(tmp_path):
     """Verify that __MACOSX/ entries are skipped and do not stop the top folder being dropped."""
     zpath = tmp_path / "a.zip"
-    zpath.write_bytes(_zip({f"{TOP}/mc_rtt/models.csv": b"a",
+    zpath.write_bytes(make_zip({f"{TOP}/mc_rtt/models.csv": b"a",
                             f"__MACOSX/{TOP}/mc_rtt/._models.csv": b"fork"}))
     files = archive.extract_zip(zpath, tmp_path / "out")
     assert files == [tmp_path / "out/mc_rtt/models.csv"]

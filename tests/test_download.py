@@ -7,7 +7,6 @@ the command exited non-zero with one `error:` line and nothing is at the final p
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import signal
@@ -15,13 +14,12 @@ import socket
 import subprocess
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fake_services import FakeServices, drop, fail, ignore_range, slow, truncate
-from helpers import ROOT, SPEC, isolated_download_env, load_script
+from helpers import ROOT, SPEC, isolated_download_env, load_script, make_zip
 
 from nlb_ndt import download, fetch
 from nlb_ndt.paths import get_paths
@@ -386,12 +384,6 @@ MEMBERS = {
 CHECKPOINTS_SCRIPT = load_script("download_checkpoints")
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 
@@ -407,7 +399,7 @@ def zenodo(tmp_path, monkeypatch):
 @pytest.fixture
 def release_zip(zenodo) -> tuple[bytes, str]:
     """The served checkpoint zip and its content path."""
-    data = _zip(MEMBERS)
+    data = make_zip(MEMBERS)
     return data, zenodo.add_zenodo_file(RECORD, KEY, data)
 
 
@@ -473,7 +465,7 @@ def test_download_checkpoints_resumes_after_drop_and_server_errors(zenodo, relea
 
 def test_download_checkpoints_md5_mismatch_fails_cleanly(zenodo, capsys):
     """Verify that an md5 mismatch stops with one line, leaving no zip and no extraction."""
-    zenodo.add_zenodo_file(RECORD, KEY, _zip(MEMBERS), md5="0" * 32)
+    zenodo.add_zenodo_file(RECORD, KEY, make_zip(MEMBERS), md5="0" * 32)
     err = _checkpoints_fail(capsys)
     assert len(err) == 1 and "md5 mismatch" in err[0]
     root = _release_root()
@@ -483,7 +475,7 @@ def test_download_checkpoints_md5_mismatch_fails_cleanly(zenodo, capsys):
 def test_download_checkpoints_refuses_parent_member(zenodo, tmp_path, capsys):
     """Verify that a zip with a `../` member is refused before anything is extracted."""
     evil = {**MEMBERS, f"{TOP}/../../escaped.txt": b"gotcha"}
-    zenodo.add_zenodo_file(RECORD, KEY, _zip(evil))
+    zenodo.add_zenodo_file(RECORD, KEY, make_zip(evil))
     err = _checkpoints_fail(capsys)
     assert len(err) == 1 and "outside the target folder" in err[0] and "escaped.txt" in err[0]
     root = _release_root()

@@ -89,7 +89,7 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
 
 @contextlib.contextmanager
-def _env(**values: str | None) -> Iterator[None]:
+def env_vars(**values: str | None) -> Iterator[None]:
     """Set (or, with None, remove) environment variables for the duration of a call."""
     old = {k: os.environ.get(k) for k in values}
     for k, v in values.items():
@@ -126,14 +126,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     runtime_env = dict(runtime_env or {})
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not address:
-        with _env(RAY_ADDRESS=None):
+        with env_vars(RAY_ADDRESS=None):
             init_local(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
                        log_to_driver=log_to_driver)
         return
     target = resolve_address(address)
     probe(target)
     # The port answers; bound the GCS handshake too (Ray's default waits 60 s and more).
-    with _env(RAY_ADDRESS=None, RAY_py_gcs_connect_timeout_s=str(CONNECT_TIMEOUT_S),
+    with env_vars(RAY_ADDRESS=None, RAY_py_gcs_connect_timeout_s=str(CONNECT_TIMEOUT_S),
               RAY_gcs_rpc_server_connect_timeout_s=str(CONNECT_TIMEOUT_S)):
         try:
             ray.init(address=target, runtime_env=runtime_env, log_to_driver=log_to_driver)

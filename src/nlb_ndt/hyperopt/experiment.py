@@ -8,18 +8,16 @@ records the settings and every session (host, argv, versions) that ran it.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import math
-import os
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import ray
 from ray import tune
@@ -90,26 +88,6 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimension],
-                           objective: str) -> None:
-    """A continued experiment must keep its config, search space and objective."""
-    problems = []
-    saved_cfg = exp_dir / BASE_CONFIG_FILE
-    if saved_cfg.exists() and saved_cfg.read_text() != cfg_text:
-        problems.append(f"the config differs from {saved_cfg}")
-    saved_space = exp_dir / SEARCH_SPACE_FILE
-    if saved_space.exists() and json.loads(saved_space.read_text()) != to_json(dims):
-        problems.append(f"the search space differs from {saved_space}")
-    info_path = exp_dir / EXPERIMENT_INFO_FILE
-    if info_path.exists():
-        saved_objective = json.loads(info_path.read_text()).get("objective")
-        if saved_objective and saved_objective != objective:
-            problems.append(f"it optimises {saved_objective}, not {objective}")
-    if problems:
-        raise ValueError(f"cannot continue {exp_dir}: {'; '.join(problems)}. Start a new "
-                         f"experiment next to it with --fresh, or undo the change")
-
-
 def check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimension],
                           objective: str) -> None:
     """A continued experiment must keep its config, search space and objective."""
@@ -154,20 +132,6 @@ def write_record(exp_dir: Path, *, resume: bool, cfg_text: str, dims: Mapping[st
         write_text_atomic(exp_dir / BASE_CONFIG_FILE, cfg_text)
         _write_json(exp_dir / SEARCH_SPACE_FILE, to_json(dims))
     return info_path
-
-
-@contextlib.contextmanager
-def env_vars(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def plan_resources(cpus_per_trial: float, gpus_per_trial: float,

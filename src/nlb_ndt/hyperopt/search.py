@@ -22,7 +22,7 @@ from ..runs import EXPERIMENT_INFO_FILE, OBJECTIVES, SNAPSHOT_KINDS
 from ..search_space import Dimension, load_search_space
 from ..templates import Profile, load_profile, template_names
 from . import experiment as ex
-from .cluster import check_shared_storage, connect
+from .cluster import check_shared_storage, connect, env_vars
 from .searcher import SampleBudget, SkoptSearcher
 from .trainable import run_trial, trial_dirname
 
@@ -215,7 +215,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         tuner = _tuner(plan, seed=seed, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
                        verbose=verbose)
         # Ray's newer console output ignores progress reporters; ours shows the objective.
-        with ex.env_vars(RAY_AIR_NEW_OUTPUT="0"):
+        with env_vars(RAY_AIR_NEW_OUTPUT="0"):
             results = tuner.fit()
         summary = ex.summarise(results, plan.exp_dir, plan.objective, plan.mode, plan.dims)
         ex.write_trials_csv(summary)
