@@ -15,12 +15,13 @@ from nlb_ndt.submit import make_submission
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
-def test_refit_trains_each_member_on_train_and_val_and_is_reused(search):
+def test_refit_trains_each_member_on_train_and_val_and_is_reused(search, tmp_path):
     """Verify that a refit member trains on the train+val trials (the count it saw) for
     the epochs recorded with its snapshot, with its trial's seed; that the test-phase file
     averages the refits and says so; and that a re-run reuses the refits."""
+    # Files of its own: the fake search's default submission paths belong to test_submit.
     result = make_submission([NAME], phase="test", ensemble_size=2, refit=True,
-                             overwrite=True, device="cpu")
+                             out=tmp_path / "refit-test.h5", device="cpu")
     assert result.refit and result.scores is not None
     saved = json.loads(result.scores_path.read_text())
     assert saved["refit"] is True and "train+val" in saved["models"]
@@ -40,7 +41,7 @@ def test_refit_trains_each_member_on_train_and_val_and_is_reused(search):
     data = read_submission(result.path)[GROUP]
     assert data["train_rates_heldin"].shape[0] == SPEC.n_train + SPEC.n_val
     again = make_submission([NAME], phase="test", ensemble_size=2, refit=True,
-                            overwrite=True, device="cpu")
+                            out=tmp_path / "refit-test.h5", overwrite=True, device="cpu")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # reused, not retrained
     assert again.scores[0]["co-bps"] == result.scores[0]["co-bps"]
     assert DATASET in GROUP
