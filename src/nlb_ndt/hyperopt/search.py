@@ -196,7 +196,6 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
     try:
         if address:
             # Before any trial: every node must see the experiment and the tensor cache.
-            plan.exp_dir.mkdir(parents=True, exist_ok=True)
             check_shared_storage([plan.exp_dir, paths.ndt_cache_dir])
         cpus, gpus, max_concurrent = ex.plan_resources(
             setting(cpus_per_trial, "cpus_per_trial", DEFAULT_CPUS_PER_TRIAL),
