@@ -352,3 +352,42 @@ def test_run_search_profile_aesmte3_sets_the_originals_settings(ray_env):
     run_info = json.loads((Path(trial["run_dir"]) / "run_info.json").read_text())
     assert run_info["precision"] == "fp32" and run_info["optimizer"] == "adamw_legacy"
     assert default_snapshot_kinds("synthetic", paths=paths) == ("lve", "lfve")
+
+
+FIXTURE_EXPERIMENT = Path(__file__).parent / "fixtures" / "experiment_v0_1"
+#: Where the fixture was made (`NLB_HOME`): its text files name paths under it.
+FIXTURE_HOME = "/tmp/NLB_FIXTURE_HOME"
+FIXTURE_OPTS = ["MODEL.NUM_LAYERS", "1", "USE_TENSORBOARD", "False"]
+
+
+def _install_fixture_experiment(paths) -> Path:
+    """Copy the committed experiment into this test's RAY_TUNE_HOME and point its text
+    records at this test's folders (what a user moving NLB_HOME would do with sed)."""
+    import shutil
+
+    exp_dir = paths.ray_tune_home / "synthetic" / "synthetic-s0-smoke"
+    shutil.copytree(FIXTURE_EXPERIMENT, exp_dir)
+    for path in exp_dir.rglob("*"):
+        if path.suffix in (".yaml", ".csv") or path.name == "experiment_info.json":
+            text = path.read_text()
+            text = text.replace(f"{FIXTURE_HOME}/ray_results", str(paths.ray_tune_home))
+            path.write_text(text.replace(FIXTURE_HOME, str(paths.nlb_home)))
+    return exp_dir
+
+
+@pytest.mark.slow
+def test_run_search_resumes_an_experiment_made_by_an_earlier_version(ray_env):
+    """Verify that an experiment written by version 0.1's code (two smoke trials, committed
+    in tests/fixtures with Ray's pickled searcher, budget and trainable) resumes with this
+    code: its two finished trials are kept untouched and one more trial is added."""
+    paths, temp_dir = ray_env
+    exp_dir = _install_fixture_experiment(paths)
+    old = sorted(p.name for p in exp_dir.glob("trial_*"))
+    stamps = {p: p.stat().st_mtime_ns for d in old for p in (exp_dir / d).rglob("*.pth")}
+    summary = _search(paths, temp_dir, samples=3, opts=FIXTURE_OPTS)
+    assert summary.experiment_dir == exp_dir
+    assert len(summary.trials) == 3 and {t["status"] for t in summary.trials} == {"done"}
+    assert sorted(p.name for p in exp_dir.glob("trial_*"))[:2] == old
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    new = max(summary.trials, key=lambda t: t["trial_index"])
+    assert new["trial_index"] == 2 and new["seed"] == 2

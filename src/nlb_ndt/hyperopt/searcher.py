@@ -226,6 +226,12 @@ class SampleBudget(SearchGenerator):
         super().add_configurations(experiments)
         set_sample_budget(self, self._budget)
 
+    def restore_from_dir(self, dirpath: str) -> None:
+        # The pickled path is where the experiment was made; a moved experiment (or one
+        # whose NLB_HOME changed) keeps its budget in the folder it is restored from.
+        self._info_file = str(Path(dirpath) / Path(self._info_file).name)
+        super().restore_from_dir(dirpath)
+
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         budget, concurrency = self._budget, None
