@@ -45,7 +45,7 @@ def _set_aside_stale(home: Path) -> None:
     """
     import hashlib
 
-    from nlb_ndt.templates import TEMPLATE_DIR
+    from nlb_ndt.config.render import TEMPLATE_DIR
 
     digest = hashlib.sha256(b"".join((TEMPLATE_DIR / f"{NAME}{ext}").read_bytes()
                                      for ext in (".yaml", ".json"))).hexdigest()
@@ -64,7 +64,7 @@ def _set_aside_stale(home: Path) -> None:
 
 
 def _score(target, rates: dict, group: str) -> dict:
-    from nlb_ndt.evaluation import score_submission
+    from nlb_ndt.scoring.evaluation import score_submission
 
     (row,) = score_submission(target, {group: rates})
     return {m: row.get(m) for m in COLUMNS}
@@ -98,16 +98,16 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int,
              ) -> dict:
     """The demo. `objectives` are the searches run and `ensembles` the (method, refit)
     pairs reported for each; the first of each is the default, whose checks are printed."""
-    from nlb_ndt import preprocess
-    from nlb_ndt.baselines import smoothing_rates
+    from nlb_ndt.config.render import generate_configs
+    from nlb_ndt.data import preprocess
+    from nlb_ndt.data.synthetic import generate, true_rates
     from nlb_ndt.datasets import PHASES, get_spec
     from nlb_ndt.hyperopt import run_search
     from nlb_ndt.paths import get_paths
-    from nlb_ndt.plots import plot_rates_vs_truth
-    from nlb_ndt.submission import read_submission
-    from nlb_ndt.submit import make_submission
-    from nlb_ndt.synthetic import generate, true_rates
-    from nlb_ndt.templates import generate_configs
+    from nlb_ndt.scoring.baselines import smoothing_rates
+    from nlb_ndt.scoring.evalai_file import read_submission
+    from nlb_ndt.scoring.plots import plot_rates_vs_truth
+    from nlb_ndt.stages.make_submission import make_submission
 
     paths = get_paths()
     group = get_spec(DATASET).group(BIN_MS)

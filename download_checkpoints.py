@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from nlb_ndt import download
 from nlb_ndt.cli import make_parser, run
+from nlb_ndt.data.download import sources as download
 
 
 def main(argv: list[str] | None = None) -> int:

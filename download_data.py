@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlb_ndt import download
 from nlb_ndt.cli import make_parser, run
+from nlb_ndt.data.download import sources as download
 from nlb_ndt.datasets import DATASET_NAMES
 
 

@@ -18,8 +18,8 @@ def main(argv=None) -> int:
                         help="replace configs whose content differs from the template")
 
     def body(args) -> int:
+        from nlb_ndt.config.render import generate_configs, template_names
         from nlb_ndt.paths import get_paths
-        from nlb_ndt.templates import generate_configs, template_names
 
         paths = get_paths()
         report = generate_configs(template_names(), paths.config_dir,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from nlb_ndt.cli import make_parser, non_negative_float, positive_int, run
-from nlb_ndt.templates import profile_names
+from nlb_ndt.config.render import profile_names
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,9 @@ CONFIG_OR_NAME is a YAML file (a rendered config, or a search trial's own config
 a run name, read as $CONFIG_DIR/NAME.yaml. The run folder has a trial's layout
 (config.yaml, run_info.json, metrics.csv, state.pt, tb/, ckpts/<id>.<lve|lfve|cobps>.pth)
 and running the same command again continues it from state.pt.
+
+Ctrl-C or SIGTERM saves the state at the end of the current epoch and exits with 130
+(a second one stops at once); running the same command again continues from there.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ def main(argv=None) -> int:
                              "(the folder's files are replaced)")
 
     def body(args) -> int:
-        from nlb_ndt.single_run import train_one
+        from nlb_ndt.stages.train_one import train_one
 
         result = train_one(args.config, opts=args.opts, out=args.out, seed=args.seed,
                            device=args.device, resume=not args.fresh)
         print(result.format_report())
-        return 0
+        return 130 if result.stopped else 0
 
     return run(parser, body, argv)
 

@@ -47,10 +47,10 @@ def main(argv=None) -> int:
 
     from sklearn.linear_model import Ridge
 
-    from nlb_ndt import preprocess
-    from nlb_ndt.metrics import co_bps
+    from nlb_ndt.data import preprocess
+    from nlb_ndt.data.synthetic import true_rates
     from nlb_ndt.paths import get_paths
-    from nlb_ndt.synthetic import true_rates
+    from nlb_ndt.scoring.metrics import co_bps
 
     paths = get_paths()
     truth = true_rates(paths.data_raw, DATASET, phase="val", bin_ms=BIN_MS)

@@ -39,12 +39,12 @@ def main(argv=None) -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from nlb_ndt import preprocess
-    from nlb_ndt.evaluation import score_submission
-    from nlb_ndt.inference import snapshot_rates
+    from nlb_ndt.config.layout import run_settings
+    from nlb_ndt.data import preprocess
+    from nlb_ndt.model.inference import snapshot_rates
     from nlb_ndt.paths import get_paths
-    from nlb_ndt.ranking import read_ranking
-    from nlb_ndt.runs import run_settings
+    from nlb_ndt.scoring.evaluation import score_submission
+    from nlb_ndt.stages.rank import read_ranking
 
     paths = get_paths()
     settings = run_settings(args.name, paths=paths)

@@ -1,6 +1,7 @@
-"""Training speed of one NDT on data of a real dataset's shape; prints JSON.
+"""Training speed of one NDT (or STNDT) on data of a real dataset's shape; prints JSON.
 
     python bench/train_speed.py --shape mc_maze --device cpu
+    python bench/train_speed.py --shape mc_maze_small --device cpu --epochs 2 --model stndt
     python bench/train_speed.py --shape mc_maze --device cuda --concurrent 8
 
 The data are Poisson counts with the dataset's exact shape (trials, bins, neurons at
@@ -8,7 +9,8 @@ The data are Poisson counts with the dataset's exact shape (trials, bins, neuron
 (configs/templates/<shape>.yaml) with search-space mid-range values for the searched
 keys (context 50/50, dropout 0.5). `--plain` runs the straightforward path (unfused
 attention, fp32), which is what the original architecture costs. `--concurrent K` starts
-K copies at once (as K trials sharing one GPU) and reports each one's speed.
+K copies at once (as K trials sharing one GPU) and reports each one's speed. `--model
+stndt` adds STNDT's attention over neurons (MODEL.SPATIAL_ATTENTION) to the same template.
 """
 
 from __future__ import annotations
@@ -28,29 +30,33 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int):
-    from nlb_ndt.config import load_config
+def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int, model: str = "ndt"):
+    from nlb_ndt.config.defaults import load_config
+    from nlb_ndt.config.render import TEMPLATE_DIR
 
     opts = ["MODEL.CONTEXT_FORWARD", 50, "MODEL.CONTEXT_BACKWARD", 50,
             "MODEL.DROPOUT", 0.5, "MODEL.DROPOUT_RATES", 0.5, "MODEL.DROPOUT_EMBEDDING", 0.5,
             "MODEL.FAST_ATTENTION", not plain, "TRAIN.AMP", amp and not plain,
             "TRAIN.NUM_UPDATES", epochs, "TRAIN.LR.WARMUP", 1, "TRAIN.DO_VAL", False,
             "TRAIN.LOG_INTERVAL", 10**6, "TRAIN.CHECKPOINT_INTERVAL", 10**6]
-    return load_config(ROOT / "configs" / "templates" / f"{shape}.yaml", opts)
+    if model == "stndt":  # the same template and shape, with attention over neurons added
+        opts += ["MODEL.SPATIAL_ATTENTION", True]
+    return load_config(TEMPLATE_DIR / f"{shape}.yaml", opts)
 
 
 def measure(args) -> dict:
     from nlb_ndt.datasets import get_spec
     from nlb_ndt.testing import poisson_tensors
-    from nlb_ndt.train import Trainer
+    from nlb_ndt.training.run import build_trainer
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     spec = get_spec(args.shape)
     arrays = poisson_tensors(spec, 5)
-    cfg = bench_config(args.shape, plain=args.plain, amp=args.amp, epochs=args.epochs + 1)
+    cfg = bench_config(args.shape, plain=args.plain, amp=args.amp, epochs=args.epochs + 1,
+                       model=args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, run_dir=tmp, device=args.device, arrays=arrays,
-                          val_heldout_target=arrays["eval_spikes_heldout"])
+        trainer = build_trainer(cfg, run_dir=tmp, device=args.device, arrays=arrays,
+                                      val_heldout_target=arrays["eval_spikes_heldout"])
         device = trainer.device
         trainer.epoch = 1  # skip the warmup epoch's lr = 0 (speed is what we measure)
         trainer.train_epoch()  # warm-up: allocator, kernels, compilation
@@ -69,7 +75,7 @@ def measure(args) -> dict:
         val_seconds = time.perf_counter() - t_val
     sec = float(np.median(times))
     result = {
-        "shape": args.shape, "device": str(device),
+        "shape": args.shape, "model": args.model, "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else _cpu_name()),
         "threads": torch.get_num_threads(), "path": "plain" if args.plain else "fast",
@@ -100,8 +106,8 @@ def _cpu_name() -> str:
 def concurrent(args) -> dict:
     """K copies at once; each prints its own JSON line."""
     cmd = [sys.executable, __file__, "--shape", args.shape, "--device", args.device,
-           "--epochs", str(args.epochs)] + (["--plain"] if args.plain else []) + \
-          ([] if args.amp else ["--no-amp"])
+           "--epochs", str(args.epochs), "--model", args.model] + \
+          (["--plain"] if args.plain else []) + ([] if args.amp else ["--no-amp"])
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
              for _ in range(args.concurrent)]
     runs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -113,11 +119,13 @@ def concurrent(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.epilog = "Defaults: --shape mc_maze --device cpu --epochs 3."
+    parser.epilog = "Defaults: --shape mc_maze --device cpu --epochs 3 --model ndt."
     parser.add_argument("--shape", default="mc_maze", help="dataset whose shape to use")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where to train")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (median reported)")
+    parser.add_argument("--model", default="ndt", choices=["ndt", "stndt"],
+                        help="the NDT, or STNDT (MODEL.SPATIAL_ATTENTION) on the same template")
     parser.add_argument("--plain", action="store_true",
                         help="straightforward path: unfused attention, fp32")
     parser.add_argument("--no-amp", dest="amp", action="store_false",

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nlb_ndt.config import ADDED_KEYS, get_cfg_defaults
+from nlb_ndt.config.defaults import ADDED_KEYS, get_cfg_defaults
 from nlb_ndt.datasets import get_spec
-from nlb_ndt.model import build_model
+from nlb_ndt.model.factory import build_model
 from nlb_ndt.paths import get_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ DATASET = "mc_maze"
 
 def write_tensors(paths, spec, seed: int = 0) -> dict:
     """mc_maze-shaped test-phase tensors where preprocess.load_tensors will find them."""
-    from nlb_ndt import preprocess
+    from nlb_ndt.data import preprocess
     from nlb_ndt.testing import poisson_tensors
 
     for name in (spec.train_file, spec.test_file):  # placeholders: the cache key's sources
@@ -144,10 +144,10 @@ def main(argv=None) -> int:
     if args.reuse and not args.keep:
         parser.error("--reuse needs --keep DIR")
 
-    from nlb_ndt.inference import ensemble_rates
     from nlb_ndt.paths import PATH_VARIABLES
-    from nlb_ndt.submission import build_submission, write_submission
-    from nlb_ndt.validate import released_members
+    from nlb_ndt.scoring.ensemble import ensemble_rates
+    from nlb_ndt.scoring.evalai_file import build_submission, write_submission
+    from nlb_ndt.stages.validate_release import released_members
 
     spec = get_spec(DATASET)
     with tempfile.TemporaryDirectory(prefix="nlb_validate_bench_") as tmp:
@@ -171,9 +171,10 @@ def main(argv=None) -> int:
             make_s = round(time.perf_counter() - t0, 1)
             del rates, tensors
 
-        baseline = child(["-c", "import nlb_ndt.evaluation, nlb_ndt.validate, "
-                          "nlb_ndt.checkpoint, nlb_ndt.inference, nlb_ndt.preprocess, torch, "
-                          "pandas, h5py"], env)
+        baseline = child(["-c", "import nlb_ndt.scoring.evaluation, "
+                          "nlb_ndt.stages.validate_release, nlb_ndt.model.checkpoint, "
+                          "nlb_ndt.model.inference, nlb_ndt.data.preprocess, torch, pandas, "
+                          "h5py"], env)
         run = child([str(ROOT / "validate_test_submission.py"), DATASET, str(sub),
                      "--device", args.device], env)
     arrays = {"train": (spec.n_train + spec.n_val, 140, spec.n_neurons),

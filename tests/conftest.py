@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def synthetic_home(tmp_path_factory) -> Path:
     """An NLB_HOME whose raw/ holds the synthetic mc_maze_small-shaped dataset (seed 0)."""
-    from nlb_ndt.synthetic import generate
+    from nlb_ndt.data.synthetic import generate
 
     home = tmp_path_factory.mktemp("nlb_home")
     generate(home / "raw", like=DATASET, seed=0)
@@ -42,7 +42,7 @@ def search_home(synthetic_home, tmp_path_factory) -> dict:
     holding a fake search of run "synthetic": two trials x three snapshots of untrained
     NDTs of different, known quality (helpers.fill_search). Built once per session; use
     the `search` fixture, which also points the path variables at it."""
-    from nlb_ndt import preprocess
+    from nlb_ndt.data import preprocess
 
     home = tmp_path_factory.mktemp("search_home")
     env = {"NLB_HOME": str(home), "NLB_DATA_RAW": str(synthetic_home / "raw"),
@@ -62,6 +62,37 @@ def search(search_home, monkeypatch) -> dict:
     """`search_home` with every path variable pointing at it for this test."""
     _point_paths(monkeypatch, search_home["env"])
     return search_home
+
+
+@pytest.fixture(scope="session")
+def experiments_home(search_home, tmp_path_factory) -> dict:
+    """Run "synthetic" with two experiments: `search_home`'s search (`<NAME>-s0`, no
+    experiment_info.json, so all three snapshot kinds) copied into a fresh NLB_HOME, and
+    helpers.AESMTE3_EXPERIMENT (two more trials, recorded profile aesmte3 and snapshot
+    kinds lve, lfve). Built once per session; use the `experiments_search` fixture."""
+    import shutil
+
+    from helpers import AESMTE3_EXPERIMENT, AESMTE3_INFO
+
+    src = search_home["paths"]
+    home = tmp_path_factory.mktemp("experiments_home")
+    env = {**search_home["env"], "NLB_HOME": str(home)}
+    with pytest.MonkeyPatch.context() as mp:
+        _point_paths(mp, env)
+        paths = get_paths()
+        shutil.copytree(src.ray_tune_home, paths.ray_tune_home)
+        shutil.copytree(src.config_dir, paths.config_dir)
+        added = fill_search(paths, search_home["tensors"], experiment=AESMTE3_EXPERIMENT,
+                            first_trial=2, info=AESMTE3_INFO)
+    return {**search_home, "env": env, "paths": paths,
+            "snapshots": search_home["snapshots"] + added}
+
+
+@pytest.fixture
+def experiments_search(experiments_home, monkeypatch) -> dict:
+    """`experiments_home` with every path variable pointing at it for this test."""
+    _point_paths(monkeypatch, experiments_home["env"])
+    return experiments_home
 
 
 def _point_paths(mp: pytest.MonkeyPatch, env: dict[str, str]) -> None:

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
+from nlb_ndt.config.layout import SNAPSHOT_KINDS
+from nlb_ndt.config.render import TEMPLATE_DIR as RENDER_TEMPLATE_DIR
 from nlb_ndt.datasets import get_spec
 
 # Tests clear every path variable before pointing NLB_HOME at a temporary folder, so a
 # user's real NLB_HOME is never touched.
 from nlb_ndt.paths import PATH_VARIABLES as PATH_VARS  # noqa: F401 (re-exported)
-from nlb_ndt.runs import SNAPSHOT_KINDS
-from nlb_ndt.submission import group_shapes
+from nlb_ndt.scoring.evalai_file import group_shapes
 from nlb_ndt.testing import save_original_layout  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_DIR = ROOT / "configs" / "templates"
+TEMPLATE_DIR = RENDER_TEMPLATE_DIR
 
 #: The synthetic dataset has mc_maze_small's shape (conftest's `synthetic_home`).
 DATASET = "mc_maze_small"
@@ -92,7 +93,7 @@ def snapshot_model(cfg, *, mean_rates: np.ndarray, noise: float, seed: int, max_
     weights add log-rate noise of standard deviation ~`noise`: a model of known quality."""
     import torch
 
-    from nlb_ndt.model import build_model
+    from nlb_ndt.model.factory import build_model
 
     torch.manual_seed(seed)
     model = build_model(cfg, num_neurons=mean_rates.size, trial_length=trial_length,
@@ -106,12 +107,19 @@ def snapshot_model(cfg, *, mean_rates: np.ndarray, noise: float, seed: int, max_
     return model.eval()
 
 
-def fill_search(paths, tensors) -> list[dict]:
+def fill_search(paths, tensors, *, experiment: str = f"{NAME}-s0", first_trial: int = 0,
+                info: dict | None = None) -> list[dict]:
     """Two trials x three snapshots of run NAME in the run_hyperopt layout
     (RAY_TUNE_HOME/<NAME>/<experiment>/<trial_dir>/ with config.yaml, metrics.csv,
-    params.json and ckpts/<trial_id>.<kind>.pth); returns what was written."""
-    from nlb_ndt.checkpoint import save_checkpoint
-    from nlb_ndt.config import apply_overrides, load_config
+    params.json and ckpts/<trial_id>.<kind>.pth); returns what was written.
+
+    The defaults make the shared fake search (conftest's `search_home`). Another
+    `experiment` of the same run takes trials `first_trial`, `first_trial + 1` (other
+    ids, seeds and noise levels) and, with `info`, an experiment_info.json holding it
+    (e.g. {"profile": "aesmte3", "snapshots": ["lve", "lfve"]}).
+    """
+    from nlb_ndt.config.defaults import apply_overrides, load_config
+    from nlb_ndt.model.checkpoint import save_checkpoint
 
     base = load_config(TEMPLATE, TINY_MODEL_OPTS)
     paths.config_dir.mkdir(parents=True, exist_ok=True)
@@ -122,11 +130,15 @@ def fill_search(paths, tensors) -> list[dict]:
     n_in, t_obs = tensors["train_spikes_heldin"].shape[2], tensors["train_spikes_heldin"].shape[1]
     trial_length = t_obs + tensors["train_spikes_heldin_forward"].shape[1]
     written = []
-    for i in range(2):
+    if info is not None:
+        exp_dir = paths.ray_tune_home / NAME / experiment
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / "experiment_info.json").write_text(json.dumps(info))
+    for i in range(first_trial, first_trial + 2):
         trial_id = f"{0xabc00 + i:08x}"
         params = {"TRAIN.LR.INIT": 1e-3 * (i + 1), "MODEL.DROPOUT": 0.05 * i}
         cfg = apply_overrides(base, {**params, "SEED": 100 + i})
-        trial_dir = paths.ray_tune_home / NAME / f"{NAME}-s0" / f"run_trial_{trial_id}_{i:05d}"
+        trial_dir = paths.ray_tune_home / NAME / experiment / f"run_trial_{trial_id}_{i:05d}"
         (trial_dir / "ckpts").mkdir(parents=True)
         (trial_dir / "config.yaml").write_text(cfg.dump())
         (trial_dir / "params.json").write_text(json.dumps(params))
@@ -145,6 +157,32 @@ def fill_search(paths, tensors) -> list[dict]:
                             trial_id=trial_id, kind=kind)
             written.append({"path": path, "trial_id": trial_id, "kind": kind, "noise": noise})
     return written
+
+
+#: The second experiment of conftest's `experiments_home`: AESMTE3's profile, which ranks
+#: lve and lfve snapshots only, beside the shared search's `<NAME>-s0` (no record: all kinds).
+AESMTE3_EXPERIMENT = f"{NAME}-s0-aesmte3"
+AESMTE3_INFO = {"profile": "aesmte3", "objective": "best_masked_loss",
+                "snapshots": ["lve", "lfve"]}
+
+
+def copy_search(search: dict, home: Path, monkeypatch):
+    """The fake search of `search` (its experiments and configs, not its rankings) copied
+    into a fresh NLB_HOME `home` reading the same data, the path variables pointing there
+    (through `monkeypatch`, a pytest.MonkeyPatch). Returns the new Paths, so a test may
+    change the copy's files."""
+    import shutil
+
+    from nlb_ndt.paths import get_paths
+
+    src = search["paths"]
+    shutil.copytree(src.ray_tune_home, home / "ray_results" / "neural-data-transformer")
+    shutil.copytree(src.config_dir, home / "configs")
+    for var in PATH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in {**search["env"], "NLB_HOME": str(home)}.items():
+        monkeypatch.setenv(var, value)
+    return get_paths()
 
 
 def make_zip(members: dict[str, bytes]) -> bytes:

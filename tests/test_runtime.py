@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nlb_ndt.config import get_cfg_defaults
+from nlb_ndt.config.defaults import get_cfg_defaults
 from nlb_ndt.runtime import bf16_native, library_versions, resolve_device, seed_everything
 
 

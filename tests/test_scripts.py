@@ -26,10 +26,11 @@ import pytest
 from fake_services import FakeServices
 from helpers import PATH_VARS, ROOT
 
-from nlb_ndt import download, fetch
+from nlb_ndt.config.render import template_names
+from nlb_ndt.data.download import http as fetch
+from nlb_ndt.data.download import sources as download
 from nlb_ndt.datasets import DATASET_NAMES, get_spec
 from nlb_ndt.paths import get_paths
-from nlb_ndt.templates import template_names
 
 README = ROOT / "README.md"
 #: NLB_HOME and the seven directory variables, as paths.py names them.

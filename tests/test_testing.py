@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from nlb_ndt.checkpoint import load_model
-from nlb_ndt.config import get_cfg_defaults
+from nlb_ndt.config.defaults import get_cfg_defaults
 from nlb_ndt.datasets import get_spec
-from nlb_ndt.model import build_model
+from nlb_ndt.model.checkpoint import load_model
+from nlb_ndt.model.factory import build_model
 from nlb_ndt.testing import poisson_tensors, save_original_layout
 
 

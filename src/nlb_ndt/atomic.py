@@ -4,7 +4,11 @@ Every file this package writes (caches, snapshots, rankings, submissions, config
 records, plots) goes through `atomic_write`: the writer fills a hidden temporary file beside
 the target, and one rename puts it in place. A crash leaves the old file untouched and no
 temporary file behind. Downloads are the exception: their `.part` files are kept on
-purpose, so that the next run resumes them (nlb_ndt.download).
+purpose, so that the next run resumes them (nlb_ndt.data.download.sources).
+
+The writes are also durable: the temporary file is flushed to disk (fsync) before the
+rename, and the folder before and after it, so that after a power cut the name points at
+the complete old file or the complete new one, never at an empty file.
 """
 
 from __future__ import annotations
@@ -31,9 +35,29 @@ def atomic_write(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     tmp.unlink(missing_ok=True)  # some writers refuse to open an existing file
     try:
         yield tmp
+        fsync_path(tmp)
+        fsync_path(path.parent)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's contents and metadata to disk.
+
+    Some file systems refuse fsync on a folder (EINVAL); their renames are then as durable
+    as they can be made, so that refusal is ignored.
+    """
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not Path(path).is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

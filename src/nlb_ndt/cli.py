@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .log import setup_logging
+from nlb_ndt.log import setup_logging
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -28,6 +28,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def global_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's global generators (dropout draws from them), to save with a run's state."""
+    cuda = (torch.cuda.get_rng_state(device) if device.type == "cuda"
+            else torch.empty(0, dtype=torch.uint8))
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def set_global_rng_state(state, device: torch.device) -> None:
+    """Put back what `global_rng_state` saved (the CUDA part only on the same kind of device)."""
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and state["cuda_rng"].numel():
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+
+
 def resolve_device(name: str | torch.device | None, cfg=None) -> torch.device:
     """"auto" (or None) means CUDA when visible, else CPU.
 

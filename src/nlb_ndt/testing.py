@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import DatasetSpec
+from nlb_ndt.datasets import DatasetSpec
 
 
 def poisson_tensors(spec: DatasetSpec, bin_ms: int = 5, *, phase: str = "val",

@@ -8,16 +8,21 @@
 - `ray_compat`: the two shims over Ray's private API, pinned to the tested Ray version.
 """
 
-from .experiment import (
-                         DEFAULT_SAMPLES,
-                         SMOKE_OVERRIDES,
-                         SMOKE_SAMPLES,
-                         SearchSummary,
-                         choose_experiment,
-                         experiment_series,
+from nlb_ndt.hyperopt.experiment import (
+    DEFAULT_SAMPLES,
+    SMOKE_OVERRIDES,
+    SMOKE_SAMPLES,
+    SearchSummary,
+    choose_experiment,
+    experiment_series,
 )
-from .search import run_search
-from .searcher import N_INITIAL_POINTS, TRIAL_INDEX_KEY, SkoptSearcher, skopt_dimensions
+from nlb_ndt.hyperopt.search import run_search
+from nlb_ndt.hyperopt.searcher import (
+    N_INITIAL_POINTS,
+    TRIAL_INDEX_KEY,
+    SkoptSearcher,
+    skopt_dimensions,
+)
 
 __all__ = ["DEFAULT_SAMPLES", "N_INITIAL_POINTS", "SMOKE_OVERRIDES", "SMOKE_SAMPLES",
            "TRIAL_INDEX_KEY", "SearchSummary", "SkoptSearcher", "choose_experiment",

@@ -37,8 +37,8 @@ from typing import Any
 
 import ray
 
-from ..runs import RUN_INFO_FILE
-from .ray_compat import init_local, last_started_cluster
+from nlb_ndt.config.layout import RUN_INFO_FILE
+from nlb_ndt.hyperopt.ray_compat import init_local, last_started_cluster
 
 logger = logging.getLogger(__name__)
 

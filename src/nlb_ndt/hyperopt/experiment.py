@@ -22,12 +22,18 @@ from typing import Any, Mapping
 import ray
 from ray import tune
 
-from ..atomic import atomic_write, write_text_atomic
-from ..runs import BASE_CONFIG_FILE, EXPERIMENT_INFO_FILE, SEARCH_SPACE_FILE, TRIALS_FILE
-from ..runtime import library_versions
-from ..search_space import Dimension, to_json
-from .cluster import trial_columns
-from .searcher import ACQ_FUNC, N_INITIAL_POINTS, TRIAL_INDEX_KEY, _finite
+from nlb_ndt.atomic import atomic_write, write_text_atomic
+from nlb_ndt.config.defaults import load_config_text
+from nlb_ndt.config.layout import (
+    BASE_CONFIG_FILE,
+    EXPERIMENT_INFO_FILE,
+    SEARCH_SPACE_FILE,
+    TRIALS_FILE,
+)
+from nlb_ndt.config.search_space import Dimension, to_json
+from nlb_ndt.hyperopt.cluster import trial_columns
+from nlb_ndt.hyperopt.searcher import ACQ_FUNC, N_INITIAL_POINTS, TRIAL_INDEX_KEY, _finite
+from nlb_ndt.runtime import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +79,6 @@ def choose_experiment(storage: Path, base: str, *, fresh: bool) -> Path:
     return storage / f"{base}-{n + 1}"
 
 
-def _restorable(exp_dir: Path) -> bool:
-    return (tune.Tuner.can_restore(str(exp_dir))
-            and any(exp_dir.glob("experiment_state-*.json")))
-
-
 def restorable(exp_dir: Path) -> bool:
     """Whether Ray can continue the experiment in `exp_dir`."""
     return (tune.Tuner.can_restore(str(exp_dir))
@@ -93,7 +94,10 @@ def check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimen
     """A continued experiment must keep its config, search space and objective."""
     problems = []
     saved_cfg = exp_dir / BASE_CONFIG_FILE
-    if saved_cfg.exists() and saved_cfg.read_text() != cfg_text:
+    # Compared as resolved configs, not as text: an experiment made by an earlier version
+    # lacks keys added since (their defaults apply) and may carry keys removed since.
+    if saved_cfg.exists() and (load_config_text(saved_cfg.read_text(), source=str(saved_cfg))
+                               .dump() != load_config_text(cfg_text).dump()):
         problems.append(f"the config differs from {saved_cfg}")
     saved_space = exp_dir / SEARCH_SPACE_FILE
     if saved_space.exists() and json.loads(saved_space.read_text()) != to_json(dims):

@@ -6,25 +6,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import ray
 from ray import tune
 
-from ..config import apply_overrides, load_config, warn_inert_settings
-from ..datasets import check_bin_ms
-from ..paths import Paths, get_paths
-from ..preprocess import build_tensors
-from ..runs import EXPERIMENT_INFO_FILE, OBJECTIVES, SNAPSHOT_KINDS
-from ..search_space import Dimension, load_search_space
-from ..templates import Profile, load_profile, template_names
-from . import experiment as ex
-from .cluster import check_shared_storage, connect, env_vars
-from .searcher import SampleBudget, SkoptSearcher
-from .trainable import run_trial, trial_dirname
+from nlb_ndt.config.defaults import (
+    apply_overrides,
+    check_opts,
+    load_config,
+    warn_inert_settings,
+)
+from nlb_ndt.config.layout import EXPERIMENT_INFO_FILE, OBJECTIVES, SNAPSHOT_KINDS
+from nlb_ndt.config.render import Profile, load_profile, template_names
+from nlb_ndt.config.search_space import Dimension, load_search_space
+from nlb_ndt.data.preprocess import build_tensors
+from nlb_ndt.datasets import check_bin_ms
+from nlb_ndt.hyperopt import experiment as ex
+from nlb_ndt.hyperopt.cluster import check_shared_storage, connect, env_vars
+from nlb_ndt.hyperopt.searcher import SampleBudget, SkoptSearcher
+from nlb_ndt.hyperopt.trainable import run_trial, trial_dirname
+from nlb_ndt.paths import Paths, get_paths
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +55,26 @@ class SearchPlan:
     resume: bool
     profile: Profile | None
     snapshots: tuple[str, ...]
+    seed: int
+    smoke_test: bool
+    opts: tuple
+    config_file: Path
 
     @property
     def mode(self) -> str:
         return OBJECTIVES[self.objective]
+
+    def record(self, *, address: str | None, cpus: float, gpus: float,
+               max_concurrent: int) -> dict:
+        """The settings experiment_info.json records for this session."""
+        return {"name": self.name, "dataset": self.dataset, "bin_ms": self.bin_ms,
+                "objective": self.objective, "mode": self.mode, "seed": self.seed,
+                "samples": self.samples, "max_concurrent": max_concurrent,
+                "smoke_test": self.smoke_test, "address": address,
+                "profile": self.profile.name if self.profile else None,
+                "snapshots": list(self.snapshots),
+                "resources_per_trial": {"cpu": cpus, "gpu": gpus},
+                "config_file": str(self.config_file), "opts": list(self.opts)}
 
 
 def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
@@ -62,8 +84,7 @@ def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
     space and the experiment folder; check that a continued experiment is unchanged."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
-    if len(opts) % 2:
-        raise ValueError(f"--opts takes KEY VALUE pairs, got {len(opts)} items: {list(opts)}")
+    opts = check_opts(opts)
     cfg_path = paths.config_dir / f"{name}.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no config {cfg_path}; run `python generate_all_configs.py` "
@@ -97,7 +118,8 @@ def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
     samples = samples or (ex.SMOKE_SAMPLES if smoke_test else ex.DEFAULT_SAMPLES)
     snapshots = tuple(profile.snapshots) if profile and profile.snapshots else SNAPSHOT_KINDS
     return SearchPlan(name, cfg_text, dims, cfg.DATA.DATASET, int(cfg.DATA.BIN_MS),
-                      objective, samples, exp_dir, resume, profile, snapshots)
+                      objective, samples, exp_dir, resume, profile, snapshots, seed,
+                      smoke_test, tuple(opts), cfg_path)
 
 
 def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurrent: int,
@@ -171,14 +193,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
     """
     paths = paths or get_paths()
     chosen = load_profile(profile) if profile else None
-
-    def setting(value, field: str, default):
-        preset = getattr(chosen, field) if chosen else None
-        if value is not None and preset is not None and value != preset:
-            logger.warning("%s %s overrides profile %s (%s)", field, value, chosen.name, preset)
-        return value if value is not None else preset if preset is not None else default
-
-    objective = setting(objective, "objective", DEFAULT_OBJECTIVE)
+    objective = _setting(chosen, objective, "objective", DEFAULT_OBJECTIVE)
     plan = plan_search(name, paths=paths, samples=samples, seed=seed, objective=objective,
                        smoke_test=smoke_test, fresh=fresh, opts=opts, bin_ms=bin_ms,
                        profile=chosen)
@@ -186,39 +201,55 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
                 plan.exp_dir, plan.samples, f", profile {chosen.name}" if chosen else "")
     # Data first: trials only read the cache, and must not race to build it.
     build_tensors(plan.dataset, phase="val", bin_ms=plan.bin_ms, paths=paths)
+    resources = (_setting(chosen, cpus_per_trial, "cpus_per_trial", DEFAULT_CPUS_PER_TRIAL),
+                 _setting(chosen, gpus_per_trial, "gpus_per_trial", DEFAULT_GPUS_PER_TRIAL))
+    with _ray(address, num_cpus=num_cpus, temp_dir=ray_temp_dir, paths=paths,
+              verbose=verbose):
+        return _run(plan, address=address, resources=resources, paths=paths,
+                    max_concurrent=max_concurrent, verbose=verbose)
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        # No address: a private local Ray, whatever RAY_ADDRESS says; an address that does
-        # not answer fails in seconds (cluster.ClusterError).
-        connect(address, num_cpus=num_cpus, temp_dir=ray_temp_dir,
-                runtime_env={"env_vars": paths.as_env()}, log_to_driver=verbose > 1)
+
+def _run(plan: SearchPlan, *, address: str | None, resources: tuple[float, float],
+         paths: Paths, max_concurrent: int | None, verbose: int) -> ex.SearchSummary:
+    """Inside Ray: check the storage, record the session, fit the Tuner, summarise."""
+    if address:
+        # Before any trial: every node must see the experiment and the tensor cache.
+        check_shared_storage([plan.exp_dir, paths.ndt_cache_dir])
+    cpus, gpus, max_concurrent = ex.plan_resources(*resources, max_concurrent)
+    ex.write_record(plan.exp_dir, resume=plan.resume, cfg_text=plan.cfg_text, dims=plan.dims,
+                    settings=plan.record(address=address, cpus=cpus, gpus=gpus,
+                                         max_concurrent=max_concurrent))
+    tuner = _tuner(plan, seed=plan.seed, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
+                   verbose=verbose)
+    # Ray's newer console output ignores progress reporters; ours shows the objective.
+    with env_vars(RAY_AIR_NEW_OUTPUT="0"):
+        results = tuner.fit()
+    summary = ex.summarise(results, plan.exp_dir, plan.objective, plan.mode, plan.dims)
+    ex.write_trials_csv(summary)
+    return summary
+
+
+def _setting(profile: Profile | None, value, field: str, default):
+    """An explicit argument, else the profile's value, else the default."""
+    preset = getattr(profile, field) if profile else None
+    if value is not None and preset is not None and value != preset:
+        logger.warning("%s %s overrides profile %s (%s)", field, value, profile.name, preset)
+    return value if value is not None else preset if preset is not None else default
+
+
+@contextlib.contextmanager
+def _ray(address: str | None, *, num_cpus: int | None, temp_dir: str | None, paths: Paths,
+         verbose: int) -> Iterator[None]:
+    """Ray for one search: joined or started here (and then shut down at the end), unless
+    the caller already started it."""
+    if ray.is_initialized():
+        yield
+        return
+    # No address: a private local Ray, whatever RAY_ADDRESS says; an address that does
+    # not answer fails in seconds (cluster.ClusterError).
+    connect(address, num_cpus=num_cpus, temp_dir=temp_dir,
+            runtime_env={"env_vars": paths.as_env()}, log_to_driver=verbose > 1)
     try:
-        if address:
-            # Before any trial: every node must see the experiment and the tensor cache.
-            check_shared_storage([plan.exp_dir, paths.ndt_cache_dir])
-        cpus, gpus, max_concurrent = ex.plan_resources(
-            setting(cpus_per_trial, "cpus_per_trial", DEFAULT_CPUS_PER_TRIAL),
-            setting(gpus_per_trial, "gpus_per_trial", DEFAULT_GPUS_PER_TRIAL), max_concurrent)
-        ex.write_record(plan.exp_dir, resume=plan.resume, cfg_text=plan.cfg_text,
-                        dims=plan.dims, settings={
-                            "name": plan.name, "dataset": plan.dataset, "bin_ms": plan.bin_ms,
-                            "objective": plan.objective, "mode": plan.mode, "seed": seed,
-                            "samples": plan.samples, "max_concurrent": max_concurrent,
-                            "smoke_test": smoke_test, "address": address,
-                            "profile": chosen.name if chosen else None,
-                            "snapshots": list(plan.snapshots),
-                            "resources_per_trial": {"cpu": cpus, "gpu": gpus},
-                            "config_file": str(paths.config_dir / f"{name}.yaml"),
-                            "opts": list(opts)})
-        tuner = _tuner(plan, seed=seed, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
-                       verbose=verbose)
-        # Ray's newer console output ignores progress reporters; ours shows the objective.
-        with env_vars(RAY_AIR_NEW_OUTPUT="0"):
-            results = tuner.fit()
-        summary = ex.summarise(results, plan.exp_dir, plan.objective, plan.mode, plan.dims)
-        ex.write_trials_csv(summary)
-        return summary
+        yield
     finally:
-        if started_ray:
-            ray.shutdown()
+        ray.shutdown()

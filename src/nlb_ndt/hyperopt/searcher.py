@@ -9,7 +9,9 @@ and adds what the original lacked:
 - trials that run at the same time get distinct points (constant liar: pending points are
   told to a copy of the optimizer with the best value seen so far before asking);
 - its state (the optimizer with its observations and random state, the pending trials)
-  is saved with the experiment, so a resumed search continues its model.
+  is saved with the experiment, so a resumed search continues its model; and when a
+  library upgrade makes the pickled optimizer unreadable, it is rebuilt from the saved
+  search space, seed and observations (`restore_optimizer`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import skopt
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from skopt.space import Categorical, Integer, Real
 
-from ..search_space import Dimension, to_json
-from .ray_compat import set_sample_budget
+from nlb_ndt.config.search_space import Dimension, to_json
+from nlb_ndt.hyperopt.ray_compat import set_sample_budget
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +69,52 @@ def _native(dim: Dimension, value: Any) -> Any:
     return float(value)
 
 
+def _plain_number(value: Any) -> Any:
+    """numpy scalars in a point -> python numbers (the state stays plain)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _finite(value: Any) -> float | None:
     try:
         value = float(value)
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
+
+
+def new_optimizer(dims: Mapping[str, Dimension], *, seed: int,
+                  n_initial_points: int = N_INITIAL_POINTS) -> skopt.Optimizer:
+    """skopt's Optimizer with the original's settings, seeded."""
+    return skopt.Optimizer(
+        skopt_dimensions(dims), base_estimator="GP", n_initial_points=n_initial_points,
+        acq_func=ACQ_FUNC, random_state=seed,
+        # Only the latest surrogate is needed; keeps the saved state small.
+        model_queue_size=1)
+
+
+def restore_optimizer(blob: Any, dims: Mapping[str, Dimension], *, seed: int,
+                      n_initial_points: int, xi: list, yi: list) -> skopt.Optimizer:
+    """The saved optimizer (`blob`: its pickle, or the object), else one rebuilt from the
+    search space, the seed and the observations (Xi, yi).
+
+    The pickle holds scikit-optimize's and scikit-learn's own classes, which a library
+    upgrade in the middle of a multi-day search can make unreadable; the observations are
+    plain lists, so the search continues with its model refitted on every earlier point
+    (only the random stream and the hedge's gains start again).
+    """
+    try:
+        opt = pickle.loads(blob) if isinstance(blob, bytes) else blob
+        if not isinstance(opt, skopt.Optimizer):
+            raise TypeError(f"expected a skopt.Optimizer, got {type(opt).__name__}")
+        return opt
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means: rebuild
+        logger.warning("the saved skopt optimizer cannot be loaded (%s: %s); rebuilding it "
+                       "from the search space, seed %d and %d observations", type(exc).__name__,
+                       str(exc).splitlines()[0] if str(exc) else "", seed, len(yi))
+    opt = new_optimizer(dims, seed=seed, n_initial_points=n_initial_points)
+    if yi:
+        opt.tell([list(x) for x in xi], [float(y) for y in yi])
+    return opt
 
 
 class SkoptSearcher(Searcher):
@@ -96,13 +138,8 @@ class SkoptSearcher(Searcher):
         self.dims = dict(dims)
         self.seed = int(seed)
         self.n_initial_points = int(n_initial_points)
-        self._opt = skopt.Optimizer(
-            skopt_dimensions(self.dims), base_estimator="GP",
-            n_initial_points=self.n_initial_points, acq_func=ACQ_FUNC,
-            random_state=self.seed,
-            # Only the latest surrogate is needed; keeps the saved state small.
-            model_queue_size=1,
-        )
+        self._opt = new_optimizer(self.dims, seed=self.seed,
+                                  n_initial_points=self.n_initial_points)
         self._pending: dict[str, list] = {}  # trial id -> point being evaluated
         self._last: dict[str, float] = {}  # trial id -> last finite objective reported
         self._n_suggested = 0
@@ -159,15 +196,18 @@ class SkoptSearcher(Searcher):
             self.set_state(pickle.load(f))
 
     def get_state(self) -> dict:
+        """Plain values, plus the optimizer's pickle as bytes (see `restore_optimizer`)."""
         return {
-            "format": 1, "search_space": to_json(self.dims), "seed": self.seed,
+            "format": 2, "search_space": to_json(self.dims), "seed": self.seed,
             "metric": self._metric, "mode": self._mode,
             "n_initial_points": self.n_initial_points, "n_suggested": self._n_suggested,
             "pending": dict(self._pending), "last": dict(self._last),
-            # The whole optimizer: its observations (Xi, yi), surrogate, hedge gains and
-            # random state, so a restored searcher asks exactly what this one would.
-            "optimizer": self._opt,
-            "Xi": list(self._opt.Xi), "yi": [float(y) for y in self._opt.yi],
+            # The whole optimizer: its observations, surrogate, hedge gains and random
+            # state, so a restored searcher asks exactly what this one would ...
+            "optimizer_pickle": pickle.dumps(self._opt),
+            # ... and the observations alone, to rebuild it when that pickle cannot load.
+            "Xi": [list(map(_plain_number, x)) for x in self._opt.Xi],
+            "yi": [float(y) for y in self._opt.yi],
         }
 
     def set_state(self, state: dict) -> None:
@@ -179,7 +219,24 @@ class SkoptSearcher(Searcher):
         self.n_initial_points = state["n_initial_points"]
         self._n_suggested = state["n_suggested"]
         self._pending, self._last = dict(state["pending"]), dict(state["last"])
-        self._opt = state["optimizer"]
+        # Format 1 (version 0.1) stored the optimizer object itself.
+        blob = state.get("optimizer_pickle", state.get("optimizer"))
+        self._opt = restore_optimizer(blob, self.dims, seed=self.seed,
+                                      n_initial_points=self.n_initial_points,
+                                      xi=state.get("Xi", []), yi=state.get("yi", []))
+
+    # Ray pickles the searcher itself into the experiment (tuner.pkl): the optimizer goes
+    # in as bytes beside its observations there too, so an upgrade cannot block a resume.
+    def __getstate__(self) -> dict:
+        fields = dict(self.__dict__)
+        fields["_opt"] = self.get_state()
+        return fields
+
+    def __setstate__(self, fields: dict) -> None:
+        saved = fields["_opt"]
+        self.__dict__.update(fields)
+        if isinstance(saved, dict):
+            self.set_state(saved)
 
     # --- internals
     @property

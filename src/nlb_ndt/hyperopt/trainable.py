@@ -9,11 +9,11 @@ from typing import Any
 
 from ray import tune
 
-from ..config import apply_overrides, load_config_text
-from ..runs import SNAPSHOT_DIR, TRIAL_LOG
-from ..train import train_model
-from .cluster import trial_run_info
-from .searcher import TRIAL_INDEX_KEY
+from nlb_ndt.config.defaults import apply_overrides, load_config_text
+from nlb_ndt.config.layout import SNAPSHOT_DIR, TRIAL_LOG
+from nlb_ndt.hyperopt.cluster import trial_run_info
+from nlb_ndt.hyperopt.searcher import TRIAL_INDEX_KEY
+from nlb_ndt.training.run import train_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str) -> None:
     overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX_KEY}
     # Snapshots go into the trial's own folder (the rendered config's CHECKPOINT_DIR is
     # for single runs), as the original's trainable did; relative to run_dir.
-    overrides.update({"TRAIN.TUNE_MODE": True, "CHECKPOINT_DIR": f"{SNAPSHOT_DIR}/"})
+    overrides["CHECKPOINT_DIR"] = f"{SNAPSHOT_DIR}/"
     cfg = apply_overrides(load_config_text(base_cfg), overrides)
     cfg.freeze()
 

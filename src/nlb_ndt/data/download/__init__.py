@@ -1,0 +1,1 @@
+"""Downloads: resumable HTTP, safe archive extraction, DANDI and Zenodo."""
