@@ -32,7 +32,6 @@ def _isolate(home: Path) -> None:
     for var in PATH_VARIABLES:
         os.environ.pop(var, None)
     os.environ["NLB_HOME"] = str(home)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 

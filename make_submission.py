@@ -52,7 +52,8 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: run names and the submission's options."""
     parser = make_parser(__doc__)
     parser.add_argument("names", nargs="+", metavar="NAME",
                         help="run name: a dataset (mc_maze, ...) or 'synthetic'")
@@ -78,12 +79,17 @@ def main(argv=None) -> int:
                              "snapshot's epochs) and average those; refused for --phase val")
     parser.add_argument("--experiments", type=_names, default=None, metavar="NAME,...",
                         help="only these experiment folders of the run(s) are candidates, "
-                             "e.g. mc_maze-s42-aesmte3 (default: all)")
+                             "e.g. mc_maze-s42-aesmte3; all of them when not given")
     parser.add_argument("--combine-experiments", action="store_true",
                         help="pool experiments whose settings (profile, objective, snapshot "
-                             "kinds) differ, each ranking its own kinds; models.csv and "
-                             "ensemble.json record each member's experiment, profile and "
-                             "model family (default: refuse to mix them)")
+                             "kinds) differ, each ranking its own kinds (models.csv and "
+                             "ensemble.json record each snapshot's experiment, profile and "
+                             "model family); without it such a mix is refused")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
 
     def body(args) -> int:
         from nlb_ndt.scoring.evaluation import format_scores

@@ -4,13 +4,15 @@ Trains NAME's config ($CONFIG_DIR/NAME.yaml, search space NAME.json) with trials
 $RAY_TUNE_HOME/NAME/NAME-s<seed>/. Running the same command again continues that
 experiment until it holds --samples trials; --fresh starts a new one next to it.
 --bin-ms 20 trains on NLB's 20 ms track as run NAME_20 (make_submission.py NAME_20).
+--scheduler asha stops hopeless trials early; --time-budget HOURS stops the search when the
+experiment has run that long, resumably (run again with a larger budget to continue).
 """
 
 from __future__ import annotations
 
 import sys
 
-from nlb_ndt.cli import make_parser, non_negative_float, positive_int, run
+from nlb_ndt.cli import make_parser, non_negative_float, positive_float, positive_int, run
 from nlb_ndt.config.render import profile_names
 
 
@@ -48,6 +50,16 @@ def main(argv=None) -> int:
                         help="a named settings set from configs/profiles/; 'aesmte3' "
                              "reproduces the original exactly (fp32, its AdamW and lfve, "
                              "lve+lfve snapshots, masked-loss objective)")
+    parser.add_argument("--scheduler", default="fifo", choices=("fifo", "asha"),
+                        help="fifo: every trial trains to its end (AESMTE3); asha: trials "
+                             "that trail at 1/9 and 1/3 of training stop there (their "
+                             "snapshots are kept and ranked)")
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="HOURS",
+                        help="wall hours the experiment may take over all its runs; then "
+                             "no trial starts and running ones pause at their next "
+                             "validation with their state saved")
+    parser.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                        help="start a new worker process for every trial (slower start)")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. --opts TRAIN.BATCH_SIZE 32")
 
@@ -59,7 +71,8 @@ def main(argv=None) -> int:
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
             max_concurrent=args.max_concurrent, address=args.address,
             smoke_test=args.smoke_test, fresh=args.fresh, opts=args.opts,
-            bin_ms=args.bin_ms, profile=args.profile,
+            bin_ms=args.bin_ms, profile=args.profile, scheduler=args.scheduler,
+            time_budget=args.time_budget, reuse_actors=args.reuse_actors,
             verbose=0 if args.quiet else 1)
         print(summary.format_report(top=10))
         return 0

@@ -12,8 +12,10 @@ from helpers import BIN_MS, DATASET, GROUP, PATH_VARS, fill_search
 
 from nlb_ndt.paths import get_paths
 
-# Tests never touch a user's real NLB_HOME, and Ray never asks for a login.
-os.environ["RAY_AUTH_MODE"] = "disabled"
+# Tests never touch a user's real NLB_HOME, nor depend on the user's Ray token settings:
+# a private Ray makes its own token, and the cluster tests set theirs.
+for _var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    os.environ.pop(_var, None)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 

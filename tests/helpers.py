@@ -195,3 +195,13 @@ def make_zip(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def run_smoke_search(paths, temp_dir, **kwargs):
+    """The synthetic smoke search (2 CPUs, one per trial, quiet), with `kwargs` on top."""
+    from nlb_ndt import hyperopt  # Ray: only the search tests pay for it
+
+    args = dict(seed=0, smoke_test=True, cpus_per_trial=1, num_cpus=2, paths=paths,
+                ray_temp_dir=temp_dir, verbose=0)
+    args.update(kwargs)
+    return hyperopt.run_search("synthetic", **args)

@@ -35,18 +35,18 @@ TIERS: list[tuple[str, str | list[str], str]] = [
     ("training", "training", ""),
     ("hyperopt", "hyperopt", ""),
     ("stages", "stages", ""),
-    ("stable paths", ["checkpoint", "inference", "synthetic"],
-     "The import paths users' scripts rely on (`load_model`, `predict_rates`, "
-     "`python -m nlb_ndt.synthetic`), whatever the layout."),
+    ("stable paths", ["checkpoint", "inference", "synthetic", "search_space"],
+     "The import paths users' scripts and old experiments rely on (`load_model`, "
+     "`predict_rates`, `python -m nlb_ndt.synthetic`, what Ray pickled), whatever the layout."),
 ]
 #: Modules tested in another module's test file: module -> that file (relative to tests/).
 TESTED_WITH = {
     "data.synthetic_models": "data/test_synthetic.py",
     "data.synthetic_files": "data/test_synthetic.py",
-    "hyperopt.trainable": "hyperopt/test_search.py",
     "checkpoint": "test_stable_paths.py",
     "inference": "test_stable_paths.py",
     "synthetic": "test_stable_paths.py",
+    "search_space": "test_stable_paths.py",
 }
 #: Test files that mirror no single module.
 EXTRA_TESTS = {"test_scripts.py", "test_import_graph.py", "test_stable_paths.py",
@@ -329,7 +329,7 @@ def code_map_table() -> str:
 
 @pytest.mark.parametrize("module, test_file", [
     ("model.ndt", "model/test_ndt.py"), ("data.download.http", "data/download/test_http.py"),
-    ("hyperopt.trainable", "hyperopt/test_search.py"), ("paths", "test_paths.py"),
+    ("hyperopt.trainable", "hyperopt/test_trainable.py"), ("paths", "test_paths.py"),
     ("model", None), (ROOT_PACKAGE, None)])
 def test_test_file_mapping_rules(module, test_file):
     """Verify the module -> test file rule, its listed exceptions and packages' __init__."""

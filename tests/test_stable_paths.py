@@ -41,3 +41,15 @@ def test_synthetic_module_still_runs_as_a_script(tmp_path):
     out = subprocess.run([sys.executable, "-m", "nlb_ndt.synthetic", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--like" in out.stdout
+
+
+def test_classes_pickled_under_their_version_0_1_paths_still_unpickle():
+    """Verify that a search-space Dimension pickled under its version-0.1 module path
+    (nlb_ndt.search_space, as in every tuner.pkl of that version) loads as today's class."""
+    from nlb_ndt.config.search_space import Dimension
+
+    dim = Dimension(key="TRAIN.MASK_RATIO", sample_fn="uniform", low=0.1, high=0.4)
+    old = pickle.dumps(dim, protocol=2).replace(b"nlb_ndt.config.search_space",
+                                                b"nlb_ndt.search_space")
+    assert b"cnlb_ndt.search_space" in old
+    assert pickle.loads(old) == dim

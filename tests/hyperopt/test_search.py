@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_smoke_search
 
 from nlb_ndt.config.defaults import load_config
-from nlb_ndt.config.render import generate_configs
 from nlb_ndt.config.search_space import load_search_space
 
 hyperopt = pytest.importorskip("nlb_ndt.hyperopt")
@@ -22,40 +20,6 @@ METRIC = "best_masked_loss"
 
 
 # ------------------------------------------------------------------ real Ray searches
-@pytest.fixture
-def ray_env(nlb_env, tmp_path, monkeypatch):
-    """Rendered configs and cached tensors in the synthetic NLB_HOME, this test's own
-    RAY_TUNE_HOME, a short symlink to a Ray temp dir inside this test's folder (unix
-    socket paths are limited to ~107 characters), and Ray shut down whatever happens."""
-    pytest.importorskip("nlb_ndt.data.preprocess")
-    pytest.importorskip("nlb_ndt.training.trainer")
-    import ray
-
-    from nlb_ndt.data.preprocess import build_tensors
-    from nlb_ndt.paths import get_paths
-
-    monkeypatch.setenv("RAY_TUNE_HOME", str(tmp_path / "ray_results"))
-    nlb_env = get_paths()
-    generate_configs(["synthetic"], nlb_env.config_dir, overwrite=True, paths=nlb_env)
-    cfg = load_config(nlb_env.config_dir / "synthetic.yaml")
-    build_tensors(cfg.DATA.DATASET, phase="val", bin_ms=cfg.DATA.BIN_MS, paths=nlb_env)
-    (tmp_path / "ray").mkdir()
-    link = Path("/tmp") / f"ray_{uuid.uuid4().hex[:8]}"
-    link.symlink_to(tmp_path / "ray")
-    try:
-        yield nlb_env, str(link)
-    finally:
-        ray.shutdown()
-        link.unlink()
-
-
-def _search(paths, temp_dir, **kwargs):
-    args = dict(seed=0, smoke_test=True, cpus_per_trial=1, num_cpus=2, paths=paths,
-                ray_temp_dir=temp_dir, verbose=0)
-    args.update(kwargs)
-    return hyperopt.run_search("synthetic", **args)
-
-
 def _trial_files(run_dir: Path, trial_id: str) -> list[Path]:
     return [run_dir / "config.yaml", run_dir / "run_info.json", run_dir / "metrics.csv"] + [
         run_dir / "ckpts" / f"{trial_id}.{kind}.pth" for kind in ("lve", "lfve", "cobps")]
@@ -67,7 +31,7 @@ def test_run_search_smoke_on_cpu(ray_env, caplog):
     folder is a complete run folder with its own seed, and the experiment records its
     settings and library versions."""
     paths, temp_dir = ray_env
-    summary = _search(paths, temp_dir, samples=2, gpus_per_trial=0.5)
+    summary = run_smoke_search(paths, temp_dir, samples=2, gpus_per_trial=0.5)
     assert any("no GPU" in r.message for r in caplog.records)
     exp_dir = paths.ray_tune_home / "synthetic" / "synthetic-s0-smoke"
     assert summary.experiment_dir == exp_dir
@@ -99,14 +63,14 @@ def test_run_search_resumes_until_samples(ray_env):
     --samples trials, the finished trial is not retrained, and the restored searcher
     continues its random stream instead of restarting it."""
     paths, temp_dir = ray_env
-    first = _search(paths, temp_dir, samples=1, seed=7)
+    first = run_smoke_search(paths, temp_dir, samples=1, seed=7)
     assert len(first.trials) == 1
     done = first.trials[0]
     files = _trial_files(Path(done["run_dir"]), done["trial_id"])
     stamps = {p: p.stat().st_mtime_ns for p in files}
     metrics = files[2].read_text()
 
-    second = _search(paths, temp_dir, samples=2, seed=7)
+    second = run_smoke_search(paths, temp_dir, samples=2, seed=7)
     assert len(second.trials) == 2
     assert second.experiment_dir == first.experiment_dir
     kept = [t for t in second.trials if t["trial_id"] == done["trial_id"]]
@@ -137,13 +101,13 @@ def test_run_search_bin_ms_is_its_own_run_end_to_end(ray_env):
     from nlb_ndt.stages.make_submission import make_submission
 
     paths, temp_dir = ray_env
-    summary = _search(paths, temp_dir, samples=1, bin_ms=5)
+    summary = run_smoke_search(paths, temp_dir, samples=1, bin_ms=5)
     assert summary.experiment_dir == paths.ray_tune_home / "synthetic_5" / "synthetic_5-s0-smoke"
     cfg = load_config(Path(summary.trials[0]["run_dir"]) / "config.yaml")
     assert cfg.DATA.BIN_MS == 5
     assert not (paths.ray_tune_home / "synthetic").exists()
     with pytest.raises(ValueError, match="10"):
-        _search(paths, temp_dir, samples=1, bin_ms=10)
+        run_smoke_search(paths, temp_dir, samples=1, bin_ms=10)
 
     result = make_submission(["synthetic_5"], phase="val", ensemble_size=1, paths=paths)
     spec = get_spec("mc_maze_small")
@@ -162,7 +126,7 @@ def test_run_search_profile_aesmte3_sets_the_originals_settings(ray_env):
     from nlb_ndt.stages.make_submission import default_snapshot_kinds
 
     paths, temp_dir = ray_env
-    summary = _search(paths, temp_dir, samples=1, profile="aesmte3", gpus_per_trial=0)
+    summary = run_smoke_search(paths, temp_dir, samples=1, profile="aesmte3", gpus_per_trial=0)
     exp_dir = paths.ray_tune_home / "synthetic" / "synthetic-s0-aesmte3-smoke"
     assert summary.experiment_dir == exp_dir
     info = json.loads((exp_dir / "experiment_info.json").read_text())
@@ -207,10 +171,37 @@ def test_run_search_resumes_an_experiment_made_by_an_earlier_version(ray_env):
     exp_dir = _install_fixture_experiment(paths)
     old = sorted(p.name for p in exp_dir.glob("trial_*"))
     stamps = {p: p.stat().st_mtime_ns for d in old for p in (exp_dir / d).rglob("*.pth")}
-    summary = _search(paths, temp_dir, samples=3, opts=FIXTURE_OPTS)
+    summary = run_smoke_search(paths, temp_dir, samples=3, opts=FIXTURE_OPTS)
     assert summary.experiment_dir == exp_dir
     assert len(summary.trials) == 3 and {t["status"] for t in summary.trials} == {"done"}
     assert sorted(p.name for p in exp_dir.glob("trial_*"))[:2] == old
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     new = max(summary.trials, key=lambda t: t["trial_index"])
     assert new["trial_index"] == 2 and new["seed"] == 2
+
+
+@pytest.mark.slow
+def test_run_search_profile_stndt_trains_stndt_and_submits(ray_env):
+    """Verify `--profile stndt`: trials train STNDT models with the contrastive term and its
+    searched keys, the experiment records the profile and the co-bps objective, and the
+    unchanged submission stage ranks, ensembles and scores their snapshots."""
+    from nlb_ndt.checkpoint import load_model
+    from nlb_ndt.model.stndt import STNDT
+    from nlb_ndt.stages.make_submission import make_submission
+
+    paths, temp_dir = ray_env
+    summary = run_smoke_search(paths, temp_dir, samples=2, profile="stndt", gpus_per_trial=0)
+    exp_dir = paths.ray_tune_home / "synthetic" / "synthetic-s0-stndt-cobps-smoke"
+    assert summary.experiment_dir == exp_dir
+    info = json.loads((exp_dir / "experiment_info.json").read_text())
+    assert info["profile"] == "stndt" and info["objective"] == "best_val_cobps"
+    assert {"TRAIN.CONTRAST_LAMBDA", "TRAIN.CONTRAST_MASK_RATIO"} <= set(info["search_space"])
+    for trial in summary.trials:
+        cfg = load_config(Path(trial["run_dir"]) / "config.yaml")
+        assert cfg.MODEL.SPATIAL_ATTENTION and cfg.TRAIN.CONTRAST_LAMBDA > 0
+        model, _ = load_model(next((Path(trial["run_dir"]) / "ckpts").glob("*.cobps.pth")))
+        assert isinstance(model, STNDT)
+    result = make_submission(["synthetic"], phase="val", paths=paths)
+    members = result.ensembles["synthetic"]["members"]
+    assert {m["family"] for m in members} == {"stndt"}
+    assert result.scores and result.scores[0]["co-bps"] is not None

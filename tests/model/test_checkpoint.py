@@ -12,15 +12,10 @@ from helpers import save_original_layout
 from yacs.config import CfgNode
 
 from nlb_ndt.config.defaults import get_cfg_defaults
-from nlb_ndt.model.checkpoint import (
-    ALLOWED_GLOBALS,
-    UnsafeCheckpointError,
-    load_model,
-    read_checkpoint,
-    save_checkpoint,
-)
+from nlb_ndt.model.checkpoint import load_model, save_checkpoint
 from nlb_ndt.model.factory import build_model
 from nlb_ndt.model.inference import predict_rates
+from nlb_ndt.model.safe_load import UnsafeCheckpointError, read_checkpoint
 
 N_IN, N_OUT, T_OBS, T_FWD, MAX_SPIKES = 5, 2, 10, 3, 6
 
@@ -239,34 +234,6 @@ def test_read_checkpoint_refuses_disallowed_global_without_executing(tmp_path, p
             load(path)
         assert str(path) in str(err.value)
         assert not marker.exists()
-
-
-def test_read_checkpoint_refuses_plain_payload_without_executing(tmp_path):
-    """Verify that a bare malicious pickle (no checkpoint around it) is refused unexecuted."""
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump(SystemCall(marker), f, protocol=2)  # the old non-zip torch layout
-    with pytest.raises(UnsafeCheckpointError, match="system"):
-        read_checkpoint(path)
-    assert not marker.exists()
-
-
-def test_allowed_globals_is_the_documented_list():
-    """Verify that the allow-list names exactly what the original's files need."""
-    assert sorted(ALLOWED_GLOBALS) == sorted([
-        "collections.OrderedDict", "torch._utils._rebuild_tensor_v2",
-        "torch._utils._rebuild_parameter", "yacs.config.CfgNode", "builtins.set",
-        "__builtin__.set"])
-
-
-def test_read_checkpoint_missing_file_names_path(tmp_path):
-    """Verify that a missing file raises FileNotFoundError naming the path."""
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        read_checkpoint(tmp_path / "nope.pth")
-
-
-# --- STNDT's file format ---------------------------------------------------------------
 
 
 def stndt_cfg() -> CfgNode:

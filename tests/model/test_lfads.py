@@ -17,14 +17,14 @@ from nlb_ndt.model.factory import build_model
 from nlb_ndt.model.lfads import EXPORT_FORMAT, LFADS, NO_SPIKE_CLAMP, load_lfads_export
 
 # Sizes that share no factors, so a transposed or mis-sliced weight cannot go unnoticed.
-I, NT, T, TR = 5, 7, 11, 13
+N_IN, NT, T, TR = 5, 7, 11, 13
 DIMS = dict(ic_enc_dim=3, ci_enc_dim=2, con_dim=4, co_dim=2, ic_dim=3, gen_dim=6, fac_dim=5)
 NO_CON = dict(DIMS, ci_enc_dim=0, con_dim=0, co_dim=0)
 
 
 def tiny(seed: int = 0, *, scale: float = 0.6, dtype=torch.float64, **changes) -> LFADS:
     """A tiny LFADS with every tensor (bias_hh and h0 included) random by name."""
-    model = LFADS(LfadsConfig(**{**DIMS, **changes}), n_heldin=I, t_obs=T, num_neurons=NT,
+    model = LFADS(LfadsConfig(**{**DIMS, **changes}), n_heldin=N_IN, t_obs=T, num_neurons=NT,
                   trial_length=TR).to(dtype)
     rng = np.random.default_rng(seed)
     state = {k: torch.from_numpy(rng.normal(0.0, scale, tuple(v.shape))).to(dtype)
@@ -34,7 +34,7 @@ def tiny(seed: int = 0, *, scale: float = 0.6, dtype=torch.float64, **changes) -
 
 
 def counts(seed: int = 1, batch: int = 4) -> np.ndarray:
-    return np.random.default_rng(seed).poisson(1.5, (batch, T, I)).astype(np.float64)
+    return np.random.default_rng(seed).poisson(1.5, (batch, T, N_IN)).astype(np.float64)
 
 
 def rates(model: LFADS, x: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ def ref_encoder(p: dict, prefix: str, x: np.ndarray, clip: float, hits: list):
 
 
 def ref_rates(model: LFADS, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Deterministic rates (posterior means) of held-in counts x (B, T, I); and how many
+    """Deterministic rates (posterior means) of held-in counts x (B, T, N_IN); and how many
     state elements the clip changed."""
     cfg = model.cfg
     p = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
@@ -170,20 +170,21 @@ def test_factor_rows_are_normalised_at_every_use():
 
 
 def test_parameter_names_and_shapes_are_lfads_torchs():
-    """Verify the state_dict's names and shapes, with the controller and without."""
+    """Verify that the state_dict's names and shapes are lfads-torch's, with the controller
+    and without."""
     E, C, K, U, Z, G, F = (DIMS[k] for k in ("ic_enc_dim", "ci_enc_dim", "con_dim", "co_dim",
                                               "ic_dim", "gen_dim", "fac_dim"))
     cell = lambda prefix, d, h: {f"{prefix}.weight_ih": (3 * h, d),  # noqa: E731
                                  f"{prefix}.weight_hh": (3 * h, h), f"{prefix}.bias_ih": (3 * h,),
                                  f"{prefix}.bias_hh": (3 * h,)}
-    base = {"encoder.ic_enc_h0": (2, 1, E), **cell("encoder.ic_enc.fwd_gru.cell", I, E),
-            **cell("encoder.ic_enc.bwd_gru.cell", I, E), "encoder.ic_linear.weight": (2 * Z, 2 * E),
-            "encoder.ic_linear.bias": (2 * Z,), "decoder.ic_to_g0.weight": (G, Z),
-            "decoder.ic_to_g0.bias": (G,), "decoder.rnn.cell.fac_linear.weight": (F, G),
-            "readout.0.weight": (NT, F), "readout.0.bias": (NT,), "ic_prior.mean": (Z,),
-            "ic_prior.logvar": (Z,)}
-    controller = {"encoder.ci_enc_h0": (2, 1, C), **cell("encoder.ci_enc.fwd_gru.cell", I, C),
-                  **cell("encoder.ci_enc.bwd_gru.cell", I, C), "decoder.con_h0": (1, K),
+    base = {"encoder.ic_enc_h0": (2, 1, E), **cell("encoder.ic_enc.fwd_gru.cell", N_IN, E),
+            **cell("encoder.ic_enc.bwd_gru.cell", N_IN, E),
+            "encoder.ic_linear.weight": (2 * Z, 2 * E), "encoder.ic_linear.bias": (2 * Z,),
+            "decoder.ic_to_g0.weight": (G, Z), "decoder.ic_to_g0.bias": (G,),
+            "decoder.rnn.cell.fac_linear.weight": (F, G), "readout.0.weight": (NT, F),
+            "readout.0.bias": (NT,), "ic_prior.mean": (Z,), "ic_prior.logvar": (Z,)}
+    controller = {"encoder.ci_enc_h0": (2, 1, C), **cell("encoder.ci_enc.fwd_gru.cell", N_IN, C),
+                  **cell("encoder.ci_enc.bwd_gru.cell", N_IN, C), "decoder.con_h0": (1, K),
                   **cell("decoder.rnn.cell.gen_cell", U, G),
                   **cell("decoder.rnn.cell.con_cell", 2 * C + F, K),
                   "decoder.rnn.cell.co_linear.weight": (2 * U, K),
@@ -197,8 +198,9 @@ def test_parameter_names_and_shapes_are_lfads_torchs():
 
 
 def test_init_follows_lfads_torch():
-    """Verify the init: fan-in normal weights (encoder cells fan in+H, decoder cells in and
-    H), gate biases 1/1/0, frozen zero bias_hh, zero h0, and the priors' starting values."""
+    """Verify that the init is lfads-torch's: fan-in normal weights (encoder cells fan in+H,
+    decoder cells in and H), gate biases 1/1/0, frozen zero bias_hh, zero h0, and the
+    priors' starting values."""
     torch.manual_seed(0)
     m = LFADS(LfadsConfig(), n_heldin=107, t_obs=140, num_neurons=142, trial_length=180)
     std = lambda w: float(w.detach().std())  # noqa: E731
@@ -223,8 +225,8 @@ def test_init_follows_lfads_torch():
 
 
 def test_family_interface_and_raw_counts():
-    """Verify num_neurons, trial_length and the never-binding max_spikes, that large counts
-    reach the model unclamped, and that a wrong input shape is refused."""
+    """Verify that num_neurons and trial_length are Nt and Tr, that max_spikes never binds,
+    that large counts reach the model unclamped, and that a wrong input shape is refused."""
     model = tiny()
     assert (model.num_neurons, model.trial_length) == (NT, TR)
     assert float(np.float32(model.max_spikes)) >= NO_SPIKE_CLAMP
@@ -259,7 +261,7 @@ def test_lfads_torch_export_loads_weights_only_and_strictly(tmp_path):
     """Verify that a saved {state_dict, hparams, format} dict loads with weights_only=True
     and rebuilds a model with the same rates; and that bad exports are refused clearly."""
     source = tiny(9, dtype=torch.float32, ci_lag=2)
-    hparams = {"encod_data_dim": I, "encod_seq_len": T, "recon_seq_len": TR, **DIMS,
+    hparams = {"encod_data_dim": N_IN, "encod_seq_len": T, "recon_seq_len": TR, **DIMS,
                "ci_lag": 2, "cell_clip": 5.0, "dropout_rate": 0.02, "cd_rate": 0.3,
                "ic_post_var_min": 1e-4, "ext_input_dim": 0, "ic_enc_seq_len": 0,
                "kl_co_scale": 1e-6, "readin_name": "identity"}
@@ -272,7 +274,7 @@ def test_lfads_torch_export_loads_weights_only_and_strictly(tmp_path):
     x = torch.from_numpy(counts()).float()
     torch.testing.assert_close(model.log_rates_from_heldin(x), source.log_rates_from_heldin(x))
     with pytest.raises(ValueError, match="lacks hyperparameters"):
-        load_lfads_export({**data, "hparams": {"encod_data_dim": I}})
+        load_lfads_export({**data, "hparams": {"encod_data_dim": N_IN}})
     with pytest.raises(ValueError, match="external inputs"):
         load_lfads_export({**data, "hparams": {**hparams, "ext_input_dim": 2}})
     with pytest.raises(ValueError, match="do not fit"):
@@ -282,7 +284,7 @@ def test_lfads_torch_export_loads_weights_only_and_strictly(tmp_path):
 
 
 def test_factory_builds_lfads_from_the_config():
-    """Verify that MODEL.FAMILY lfads builds LFADS from the LFADS keys, taking I and T from
+    """Verify that MODEL.FAMILY lfads builds LFADS from the LFADS keys, taking N_IN and T from
     the dataset when ENCOD_DATA_DIM / ENCOD_SEQ_LEN are 0."""
     opts = ["MODEL.FAMILY", "lfads", "LFADS.IC_ENC_DIM", 3, "LFADS.CI_ENC_DIM", 2,
             "LFADS.CON_DIM", 4, "LFADS.CO_DIM", 2, "LFADS.IC_DIM", 3, "LFADS.GEN_DIM", 6,
@@ -293,6 +295,28 @@ def test_factory_builds_lfads_from_the_config():
                         max_spikes=9)
     assert isinstance(model, LFADS) and model.max_spikes == NO_SPIKE_CLAMP
     assert (model.n_heldin, model.t_obs) == (spec.n_heldin, spec.bins(20)[0])
-    cfg = load_config(opts=opts + ["LFADS.ENCOD_DATA_DIM", I, "LFADS.ENCOD_SEQ_LEN", T])
+    cfg = load_config(opts=opts + ["LFADS.ENCOD_DATA_DIM", N_IN, "LFADS.ENCOD_SEQ_LEN", T])
     model = build_model(cfg, num_neurons=NT, trial_length=TR, max_spikes=9)
-    assert (model.n_heldin, model.t_obs, model.cfg.gen_dim) == (I, T, 6)
+    assert (model.n_heldin, model.t_obs, model.cfg.gen_dim) == (N_IN, T, 6)
+
+
+def test_lfads_export_loads_through_load_model_and_predict_rates(tmp_path):
+    """Verify that `load_model` recognises an lfads-torch export (loaded weights-only) and
+    that `predict_rates` gives its deterministic rates from the held-in counts alone,
+    unclamped, with every neuron and bin of the model."""
+    from nlb_ndt.checkpoint import load_model
+    from nlb_ndt.inference import predict_rates
+
+    source = tiny(4, dtype=torch.float32)
+    hparams = {"encod_data_dim": N_IN, "encod_seq_len": T, "recon_seq_len": TR, **DIMS,
+               "ci_lag": 1, "cell_clip": 5.0}
+    path = tmp_path / "export.pt"
+    torch.save({"state_dict": source.state_dict(), "hparams": hparams,
+                "format": EXPORT_FORMAT}, path)
+    model, info = load_model(path)
+    assert info["format"] == EXPORT_FORMAT and info["cfg"].MODEL.FAMILY == "lfads"
+    assert (info["num_neurons"], info["trial_length"], info["t_obs"]) == (NT, TR, T)
+    x = counts(batch=3) * 40  # large counts: nothing may clamp them
+    got = predict_rates(model, x.astype(np.int64))
+    assert got.shape == (3, TR, NT) and got.dtype == np.float32
+    np.testing.assert_allclose(got, rates(source, x.astype(np.float32)), rtol=1e-6)

@@ -48,7 +48,7 @@ def test_gru_cell_step_is_the_lfads_torch_formula():
 
 
 def test_torch_gru_cell_with_the_same_weights_is_a_different_cell():
-    """Verify the trap: nn.GRUCell loaded with the same four tensors gives other states (it
+    """Verify that nn.GRUCell (the trap) loaded with the same four tensors gives other states (it
     reads the rows as r, z, n and applies the reset after the matmul)."""
     cell = random_cell()
     torch_cell = nn.GRUCell(5, 4).double()
@@ -71,8 +71,9 @@ def test_gru_cell_clamps_every_new_state():
 
 
 def test_gru_cell_init_and_frozen_bias_hh():
-    """Verify the init rules: gate biases (1, 1, 0), bias_hh zero and frozen, and the fan of
-    encoder cells (in + H) against decoder cells (in for weight_ih, H for weight_hh)."""
+    """Verify that the init follows lfads-torch: gate biases (1, 1, 0), bias_hh zero and
+    frozen, and the fan of encoder cells (in + H) against decoder cells (in for weight_ih,
+    H for weight_hh)."""
     torch.manual_seed(0)
     enc = ClippedGRUCell(300, 100, 5.0, encoder=True)
     dec = ClippedGRUCell(300, 100, 5.0, encoder=False)

@@ -1,4 +1,5 @@
-"""Mean-of-rates ensembles, the ensemble-size sweep and greedy selection (nlb_ndt.scoring.ensemble)."""
+"""Mean-of-rates ensembles, the ensemble-size sweep, greedy selection and the mean rates of
+checkpoint files (nlb_ndt.scoring.ensemble)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
-"""The submission stage (nlb_ndt.stages.make_submission, via make_submission.py) on the fake search of
-conftest's `search` fixture: choosing N, writing, scoring and marking unscored files."""
+"""The submission stage (nlb_ndt.stages.make_submission, via make_submission.py) on the fake
+search of conftest's `search` fixture: choosing N, writing, scoring and marking unscored
+files; checking every argument first; and a run with two experiments (`experiments_search`)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import BIN_MS, DATASET, GROUP, NAME, load_script
+from helpers import AESMTE3_EXPERIMENT, BIN_MS, DATASET, GROUP, NAME, copy_search, load_script
 
 from nlb_ndt.data import preprocess
 from nlb_ndt.scoring.evalai_file import read_submission
@@ -115,16 +117,21 @@ def test_make_submission_greedy_repeats_a_member_without_running_it_twice(search
     """Verify that a member chosen k times counts k times in the file: the submission equals
     the weighted mean of its distinct members' rates, each computed once."""
     from nlb_ndt.model.inference import snapshot_rates
-    from nlb_ndt.scoring.ensemble import weighted_mean
+    from nlb_ndt.scoring.ensemble import RunningMean
 
     result = make_submission([NAME], phase="val", ensemble_method="greedy", max_ensemble=12,
                              out=tmp_path / "g.h5", device="cpu")
     members = result.ensembles[NAME]["members"]
+    assert max(m["count"] for m in members) > 1  # a repeat, for this test to mean anything
+    choice = result.choices[NAME]
+    assert [c for _, c in choice.members] == [m["count"] for m in members]
     tensors = search["tensors"]
-    expected = weighted_mean(
-        (snapshot_rates(m["path"], train_heldin=tensors["train_spikes_heldin"],
-                        eval_heldin=tensors["eval_spikes_heldin"])[0], m["count"])
-        for m in members)
+    running = RunningMean()
+    for m in members:
+        running.add(snapshot_rates(m["path"], train_heldin=tensors["train_spikes_heldin"],
+                                   eval_heldin=tensors["eval_spikes_heldin"])[0],
+                    count=m["count"])
+    expected = running.mean()
     data = read_submission(tmp_path / "g.h5")[GROUP]
     for key, value in expected.items():
         np.testing.assert_allclose(data[key], value, rtol=1e-6)
@@ -142,3 +149,100 @@ def test_make_submission_refuses_refit_for_the_val_phase(search, capsys):
         make_submission([NAME], phase="val", refit=True)
     after = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     assert after == before
+
+
+def test_max_ensemble_zero_fails_at_once_without_ranking(search, tmp_path, monkeypatch,
+                                                          capsys):
+    """Verify that --max-ensemble 0 is refused in under a second, in one line, before any
+    snapshot is scored (no models.csv), by the script and by the function."""
+    paths = copy_search(search, tmp_path / "home", monkeypatch)
+    script = load_script("make_submission")
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exited:
+        script.main([NAME, "--max-ensemble", "0"])
+    assert exited.value.code == 2
+    with pytest.raises(ValueError, match="--max-ensemble must be a whole number >= 1"):
+        make_submission([NAME], max_ensemble=0)
+    assert time.perf_counter() - started < 1.0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-ensemble" in err[0] and "at least 1" in err[0]
+    assert not (paths.submissions_dir / NAME / "models.csv").exists()
+
+
+def test_make_submission_checks_every_argument_before_any_work(search, tmp_path,
+                                                                monkeypatch):
+    """Verify that bad sizes, methods, kinds, experiments and devices are refused before
+    any snapshot is scored, each with its own message, and nothing is written."""
+    paths = copy_search(search, tmp_path / "home", monkeypatch)
+    bad = [({"ensemble_size": 0}, "--ensemble-size must be 'auto'"),
+           ({"ensemble_size": "most"}, "--ensemble-size must be 'auto'"),
+           ({"ensemble_size": 7}, "--ensemble-size 7: synthetic has 6 snapshots"),
+           ({"ensemble_method": "greedy", "max_ensemble": 3, "ensemble_size": 4},
+            "greedy selection takes --max-ensemble 3 steps"),
+           ({"ensemble_method": "best"}, "unknown ensemble method 'best'"),
+           ({"snapshots": ("lve", "best")}, "unknown snapshot kind"),
+           ({"experiments": ["nope"]}, "--experiments nope: not an experiment of run "
+                                       "synthetic \\(its experiments: synthetic-s0\\)"),
+           ({"phase": "train"}, "phase must be one of"),
+           ({"device": "abacus"}, "abacus")]
+    for kwargs, message in bad:
+        started = time.perf_counter()
+        with pytest.raises((ValueError, RuntimeError), match=message):
+            make_submission([NAME], **kwargs)
+        assert time.perf_counter() - started < 1.0, kwargs
+    with pytest.raises(FileNotFoundError, match="no config for run 'nosuchrun'"):
+        make_submission([NAME, "nosuchrun"])
+    assert not paths.submissions_dir.exists()
+
+
+def test_experiments_with_different_settings_are_refused_in_one_line(experiments_search,
+                                                                      capsys):
+    """Verify that a run whose experiments recorded different profiles and snapshot kinds
+    is refused without --combine-experiments: one line naming both experiments, their
+    differing settings and both ways to proceed; nothing ranked or written."""
+    ranking = experiments_search["paths"].submissions_dir / NAME / "models.csv"
+    before = ranking.stat().st_mtime_ns if ranking.exists() else None
+    assert load_script("make_submission").main([NAME]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"{NAME}-s0 (profile none, snapshots lve,lfve,cobps)" in err[0]
+    assert f"{AESMTE3_EXPERIMENT} (profile aesmte3, snapshots lve,lfve)" in err[0]
+    assert "--experiments NAME,..." in err[0] and "--combine-experiments" in err[0]
+    assert (ranking.stat().st_mtime_ns if ranking.exists() else None) == before
+
+
+def test_combined_experiments_pool_their_snapshots_and_record_them(experiments_search,
+                                                                   tmp_path, capsys):
+    """Verify that --combine-experiments ranks both experiments' snapshots (each its own
+    kinds), that top-N and greedy choose among all of them, and that ensemble.json's
+    members carry experiment, profile and family; --experiments picks one instead."""
+    script = load_script("make_submission")
+    code = script.main([NAME, "--combine-experiments", "--max-ensemble", "10", "--out",
+                        str(tmp_path / "pooled.h5"), "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "pooled experiments" in out.out
+    folder = experiments_search["paths"].submissions_dir / NAME
+    choice = json.loads((folder / "ensemble.json").read_text())
+    assert len(choice["topn_curve"]) == 10  # 6 + 4 candidates, swept to the end
+    assert choice["experiments"] == [f"{NAME}-s0", AESMTE3_EXPERIMENT]
+    for member in choice["members"]:
+        assert member["experiment"] in (f"{NAME}-s0", AESMTE3_EXPERIMENT)
+        assert member["profile"] == ("aesmte3" if member["experiment"] == AESMTE3_EXPERIMENT
+                                     else None)
+        assert member["family"] == "ndt"
+    table = pd.read_csv(folder / "models.csv", index_col=0)
+    assert set(table.loc[table["experiment"] == AESMTE3_EXPERIMENT, "val_ckpt"]) == \
+        {"lve", "lfve"}
+    greedy = make_submission([NAME], combine_experiments=True, ensemble_method="greedy",
+                             max_ensemble=12, out=tmp_path / "greedy.h5", device="cpu")
+    chosen = greedy.choices[NAME]
+    assert len(chosen.topn_curve) == 10 and max(chosen.steps) < 10
+    assert all(m["experiment"] and m["family"] == "ndt"
+               for m in greedy.ensembles[NAME]["members"])
+    picked = make_submission([NAME], experiments=[AESMTE3_EXPERIMENT], max_ensemble=10,
+                             out=tmp_path / "picked.h5", device="cpu")
+    assert len(picked.ensembles[NAME]["topn_curve"]) == 4
+    assert {m["experiment"] for m in picked.ensembles[NAME]["members"]} == \
+        {AESMTE3_EXPERIMENT}
+

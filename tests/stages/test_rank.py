@@ -12,13 +12,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from helpers import NAME
+from helpers import AESMTE3_EXPERIMENT, NAME, copy_search
 
 from nlb_ndt.model.checkpoint import load_model
 from nlb_ndt.model.inference import predict_rates
 from nlb_ndt.scoring.metrics import co_bps
-from nlb_ndt.stages.rank import rank_snapshots, read_ranking
+from nlb_ndt.stages.rank import (
+    check_experiments,
+    experiment_settings,
+    rank_snapshots,
+    read_ranking,
+)
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
@@ -65,17 +71,7 @@ def test_rank_snapshots_rescores_only_new_or_changed(search):
 
 def _copy_of_search(search, tmp_path, monkeypatch):
     """The fake search copied into a fresh NLB_HOME (so a test may change its files)."""
-    import shutil
-
-    from nlb_ndt.paths import get_paths
-
-    src = search["paths"]
-    shutil.copytree(src.ray_tune_home, tmp_path / "ray_results" / "neural-data-transformer")
-    shutil.copytree(src.config_dir, tmp_path / "configs")
-    monkeypatch.setenv("NLB_HOME", str(tmp_path))
-    for var in ("RAY_TUNE_HOME", "CONFIG_DIR", "CHECKPOINT_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    return get_paths()
+    return copy_search(search, tmp_path, monkeypatch)
 
 
 def test_rank_snapshots_counts_identical_weights_once(search, tmp_path, monkeypatch):
@@ -110,3 +106,54 @@ def test_rank_snapshots_limits_candidates_to_kinds(search, tmp_path, monkeypatch
     assert len(read_ranking(paths.submissions_dir / NAME / "models.csv")) == len(everything)
     with pytest.raises(ValueError, match="unknown snapshot kind"):
         rank_snapshots(NAME, paths=paths, kinds=("best",))
+
+
+def test_rank_snapshots_records_experiment_profile_and_family(search):
+    """Verify that models.csv records each snapshot's experiment, its experiment's profile
+    (none recorded here) and its model family, taken from the snapshot's own config."""
+    df = rank_snapshots(NAME)
+    back = read_ranking(search["paths"].submissions_dir / NAME / "models.csv")
+    for table in (df, back):
+        assert {"experiment", "profile", "family"} <= set(table.columns)
+        assert set(table["family"]) == {"ndt"}
+        assert table["profile"].isna().all()
+
+
+def test_each_experiment_ranks_its_own_recorded_kinds(experiments_search):
+    """Verify that two experiments of one run keep their own recorded snapshot kinds (the
+    aesmte3 one lve and lfve, the unrecorded one all three), that models.csv records each
+    row's experiment and profile, and that explicit kinds apply to every experiment."""
+    paths = experiments_search["paths"]
+    settings = experiment_settings(NAME, paths=paths)
+    assert settings[AESMTE3_EXPERIMENT].kinds == ("lve", "lfve")
+    assert settings[AESMTE3_EXPERIMENT].profile == "aesmte3"
+    assert settings[f"{NAME}-s0"].kinds == ("lve", "lfve", "cobps")
+    assert not settings[f"{NAME}-s0"].recorded
+    ranking = rank_snapshots(NAME)
+    kinds = ranking.groupby("experiment")["val_ckpt"].agg(set).to_dict()
+    assert kinds == {f"{NAME}-s0": {"lve", "lfve", "cobps"},
+                     AESMTE3_EXPERIMENT: {"lve", "lfve"}}
+    assert len(ranking) == 6 + 4
+    profiles = ranking.groupby("experiment")["profile"].first().to_dict()
+    assert profiles[AESMTE3_EXPERIMENT] == "aesmte3" and pd.isna(profiles[f"{NAME}-s0"])
+    only_lve = rank_snapshots(NAME, kinds=("lve",))
+    assert set(only_lve["val_ckpt"]) == {"lve"} and len(only_lve) == 4
+    assert set(only_lve["experiment"]) == {f"{NAME}-s0", AESMTE3_EXPERIMENT}
+
+
+def test_check_experiments_refuses_differing_settings_unless_combined(experiments_search):
+    """Verify that pooling experiments whose settings differ is refused in one line naming
+    both and their differences, allowed when combined or when one experiment is picked."""
+    with pytest.raises(ValueError) as refused:
+        check_experiments(NAME)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"{NAME}-s0 (profile none, snapshots lve,lfve,cobps)" in message
+    assert f"{AESMTE3_EXPERIMENT} (profile aesmte3, snapshots lve,lfve)" in message
+    assert "--experiments" in message and "--combine-experiments" in message
+    assert len(check_experiments(NAME, combine=True)) == 10
+    assert len(check_experiments(NAME, experiments=[AESMTE3_EXPERIMENT])) == 4
+    # The same kinds for all: only the profile differs now.
+    with pytest.raises(ValueError, match="profile none\\) and .*profile aesmte3\\) differ"):
+        check_experiments(NAME, kinds=("lve",))
+

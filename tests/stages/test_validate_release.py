@@ -239,3 +239,55 @@ def test_released_members_reads_numeric_looking_trial_ids_as_text(tmp_path):
         (folder / f"{t}.lve.pth").write_bytes(b"")
     assert [p.name for p in released_members("mc_maze_small", tmp_path)] == \
         [f"{t}.lve.pth" for t in ids]
+
+
+def test_validator_counts_a_member_listed_twice_twice(release, nlb_env, tmp_path,
+                                                      monkeypatch, capsys):
+    """Verify the one multiplicity rule on the validator path: a models.csv whose top N
+    names one snapshot twice gives a member list with the repeat, the recomputed ensemble
+    counts it twice (matching the original's mean over that list, not the mean of the
+    distinct files), and the script reports it as "x2"."""
+    import shutil
+
+    from nlb_ndt.data import preprocess
+    from nlb_ndt.paths import get_paths
+    from nlb_ndt.stages.validate_release import validate_released_submission
+
+    root = tmp_path / "release"
+    shutil.copytree(release["root"], root)
+    table = pd.read_csv(root / DATASET / "models.csv", index_col=0)
+    ranked = table.sort_values("co-bps", ascending=False).index
+    best, second = ranked[0], ranked[1]
+    table.loc[second, ["trial_id", "val_ckpt"]] = table.loc[best, ["trial_id", "val_ckpt"]]
+    table.to_csv(root / DATASET / "models.csv")
+    monkeypatch.setenv("SUBMISSION_VALIDATION_ROOT", str(root))
+    members = released_members(DATASET, root)
+    assert len(members) == get_spec(DATASET).ensemble_size
+    assert members[0] == members[1] and len(set(members)) == len(members) - 1
+    tensors = preprocess.load_tensors(DATASET, phase="test", bin_ms=5)
+    group = get_spec(DATASET).group(5)
+    listed, distinct = tmp_path / "listed.h5", tmp_path / "distinct.h5"
+    original_style_submission(members, tensors, listed, group)
+    original_style_submission(list(dict.fromkeys(members)), tensors, distinct, group)
+    result = validate_released_submission(DATASET, listed, paths=get_paths(), tensors=tensors)
+    assert result.ok and result.members == members
+    assert result.counts[members[0]] == 2 and sum(result.counts.values()) == len(members)
+    script = load_script("validate_test_submission")
+    assert script.main([DATASET, str(distinct)]) == 1
+    out = capsys.readouterr().out
+    assert f"{members[0].name} x2" in out and f"({len(members) - 1} distinct)" in out
+
+
+def test_validate_script_checks_arguments_before_files(nlb_env, tmp_path, capsys):
+    """Verify that a negative --rtol and an unknown device are refused in one line before
+    the submission or any checkpoint is looked at."""
+    script = load_script("validate_test_submission")
+    with pytest.raises(SystemExit) as exited:
+        script.main([DATASET, str(tmp_path / "missing.h5"), "--rtol", "-1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rtol" in err[0] and "missing.h5" not in err[0]
+    assert script.main([DATASET, str(tmp_path / "missing.h5"), "--device", "abacus"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "abacus" in err[0] and "missing.h5" not in err[0]
+

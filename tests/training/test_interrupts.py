@@ -13,13 +13,14 @@ from nlb_ndt.training.interrupts import StopRequest, stop_on_signals
 
 
 def test_stop_request_from_a_deadline_and_a_poll():
-    """Verify that a passed deadline and a poll returning True each request a stop, with
-    the reason kept from the first."""
+    """Verify that a passed deadline stops a run only at a validation, that a poll
+    returning True stops it at any epoch, and that the first reason is kept."""
     assert not StopRequest().requested
     late = StopRequest(deadline=time.time() - 1)
-    assert late.requested and "time budget" in late.reason
+    assert not late.due(validated=False) and not late.requested
+    assert late.due(validated=True) and "time budget" in late.reason
     polled = StopRequest(poll=lambda: True)
-    assert polled.requested and polled.reason == "stop requested"
+    assert polled.due(validated=False) and polled.reason == "stop requested"
     polled.request("later reason")
     assert polled.reason == "stop requested"
 

@@ -23,18 +23,18 @@ from nlb_ndt.training.lfads_loss import (
     ramp,
 )
 
-I, NT, T, TR = 5, 7, 11, 13
+N_IN, NT, T, TR = 5, 7, 11, 13
 DIMS = dict(ic_enc_dim=3, ci_enc_dim=2, con_dim=4, co_dim=2, ic_dim=3, gen_dim=6, fac_dim=5)
 
 
 def tiny(**changes) -> LFADS:
     torch.manual_seed(0)
-    return LFADS(LfadsConfig(**{**DIMS, **changes}), n_heldin=I, t_obs=T, num_neurons=NT,
+    return LFADS(LfadsConfig(**{**DIMS, **changes}), n_heldin=N_IN, t_obs=T, num_neurons=NT,
                  trial_length=TR)
 
 
 def test_ramp_values_at_chosen_epochs():
-    """Verify r(start, inc) = clamp((epoch + 1 - start) / (inc + 1), 0, 1)."""
+    """Verify that r(start, inc) = clamp((epoch + 1 - start) / (inc + 1), 0, 1)."""
     assert ramp(0, 0, 80) == pytest.approx(1 / 81)
     assert ramp(79, 0, 80) == pytest.approx(80 / 81)
     assert ramp(80, 0, 80) == 1.0 and ramp(500, 0, 80) == 1.0
@@ -44,7 +44,8 @@ def test_ramp_values_at_chosen_epochs():
 
 
 def test_poisson_recon_has_the_stirling_term():
-    """Verify rate - k log rate + Stirling(k) per element, Stirling only for k > 1."""
+    """Verify that the NLL is rate - k log rate + Stirling(k) per element, Stirling only for
+    k > 1."""
     log_rates = torch.tensor([0.3, -1.0, 1.2, 0.0], dtype=torch.float64)
     k = torch.tensor([0.0, 1.0, 4.0, 2.0], dtype=torch.float64)
     expected = []
@@ -56,7 +57,7 @@ def test_poisson_recon_has_the_stirling_term():
 
 
 def test_kl_ic_is_the_normal_kl_against_a_variance_point_one_prior():
-    """Verify KL(N(m, s^2) || N(0, 0.1)) = 0.5 (log(0.1 / s^2) + (s^2 + m^2) / 0.1 - 1),
+    """Verify that KL(N(m, s^2) || N(0, 0.1)) = 0.5 (log(0.1 / s^2) + (s^2 + m^2) / 0.1 - 1),
     summed over Z and averaged over trials, at a few values."""
     mean = torch.tensor([[0.0, 0.5], [-1.0, 0.2]], dtype=torch.float64)
     std = torch.tensor([[math.sqrt(0.1), 0.2], [1.0, 0.05]], dtype=torch.float64)
@@ -70,7 +71,7 @@ def test_kl_ic_is_the_normal_kl_against_a_variance_point_one_prior():
 
 
 def test_ar1_log_prob_of_a_short_sequence():
-    """Verify log p(u) = log N(u0; 0, nvar / (1 - a^2)) + sum_t log N(u_t; a u_{t-1}, nvar),
+    """Verify that log p(u) = log N(u0; 0, nvar / (1 - a^2)) + sum_t log N(u_t; a u_{t-1}, nvar),
     a = exp(-1/tau), for one output of three bins, computed with scalars."""
     tau, nvar, u = 10.0, 0.1, [0.3, -0.2, 0.5]
     a = math.exp(-1 / tau)
@@ -90,7 +91,7 @@ def test_ar1_log_prob_of_a_short_sequence():
 
 
 def test_kl_co_is_log_q_minus_log_p_of_the_sample():
-    """Verify the one-sample KL: log N(u; mean, std^2) - log p_AR1(u), trial mean."""
+    """Verify that the one-sample KL is log N(u; mean, std^2) - log p_AR1(u), trial mean."""
     u = torch.tensor([[[0.1], [0.4]], [[-0.3], [0.0]]], dtype=torch.float64)
     mean, std = torch.full_like(u, 0.2), torch.full_like(u, 0.5)
     logtaus = torch.tensor([math.log(4.0)], dtype=torch.float64)
@@ -109,7 +110,7 @@ def test_kl_co_is_log_q_minus_log_p_of_the_sample():
 
 
 def test_l2_penalty_scales_recurrent_matrices_over_their_size():
-    """Verify sum(scale * ||W_hh||^2 / 2) / elements, over the matrices with scale > 0."""
+    """Verify that L2 = sum(scale * ||W_hh||^2 / 2) / elements, over the matrices with scale > 0."""
     model = tiny()
     cfg = LfadsConfig(**DIMS, l2_gen_scale=0.5, l2_con_scale=2.0)
     gen = model.decoder.rnn.cell.gen_cell.weight_hh.detach()
@@ -140,27 +141,27 @@ def test_recon_gradient_is_zero_on_kept_heldin_elements():
     elements the model saw, and nonzero on hidden ones, held-out neurons and forward bins."""
     log_rates = torch.randn(3, TR, NT, requires_grad=True)
     target = torch.poisson(torch.full((3, TR, NT), 2.0))
-    _, dropped = coordinated_dropout(torch.ones(3, T, I), 0.4,
+    _, dropped = coordinated_dropout(torch.ones(3, T, N_IN), 0.4,
                                      generator=torch.Generator().manual_seed(1))
     nll = poisson_recon(log_rates, target)
     blocked = pass_dropped_only(nll, dropped)
     torch.testing.assert_close(blocked, nll)
     blocked.mean().backward()
     grad = log_rates.grad
-    seen = grad[:, :T, :I]
+    seen = grad[:, :T, :N_IN]
     assert (seen[~dropped] == 0).all() and (seen[dropped] != 0).all()
-    assert (grad[:, :, I:] != 0).all() and (grad[:, T:, :] != 0).all()
+    assert (grad[:, :, N_IN:] != 0).all() and (grad[:, T:, :] != 0).all()
 
 
 def test_lfads_loss_is_the_scaled_sum_of_its_parts_and_trains():
-    """Verify total = loss_scale (recon + r_l2 L2 + r_kl (kl_ic_scale KL_ic + kl_co_scale
+    """Verify that total = loss_scale (recon + r_l2 L2 + r_kl (kl_ic_scale KL_ic + kl_co_scale
     KL_co)), that every trainable tensor gets a gradient, and that eval mode skips
     coordinated dropout (so a fixed generator gives a fixed loss)."""
     cfg = LfadsConfig(**DIMS, kl_ic_scale=1e-2, kl_co_scale=3e-3, l2_gen_scale=0.1,
                       l2_con_scale=0.2, kl_increase_epoch=9, l2_start_epoch=2, loss_scale=10.0)
     model = tiny().train()
     target = torch.poisson(torch.full((4, TR, NT), 1.5))
-    heldin = target[:, :T, :I]
+    heldin = target[:, :T, :N_IN]
     out = lfads_loss(model, heldin, target, epoch=3, cfg=cfg,
                      generator=torch.Generator().manual_seed(0))
     assert out.kl_ramp == pytest.approx(4 / 10) and out.l2_ramp == pytest.approx(2 / 81)
@@ -183,6 +184,6 @@ def test_lfads_loss_without_controller_has_no_kl_co():
     no_con = dict(ci_enc_dim=0, con_dim=0, co_dim=0)
     model = tiny(**no_con)
     target = torch.poisson(torch.full((2, TR, NT), 1.0))
-    out = lfads_loss(model, target[:, :T, :I], target, epoch=0,
+    out = lfads_loss(model, target[:, :T, :N_IN], target, epoch=0,
                      cfg=LfadsConfig(**{**DIMS, **no_con}, kl_co_scale=1.0))
     assert float(out.kl_co) == 0.0 and torch.isfinite(out.total)

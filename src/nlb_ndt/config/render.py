@@ -21,7 +21,7 @@ from yacs.config import CfgNode as CN
 
 from nlb_ndt.atomic import write_text_atomic
 from nlb_ndt.config.defaults import apply_overrides, get_cfg_defaults, load_config
-from nlb_ndt.config.search_space import load_search_space
+from nlb_ndt.config.search_space import load_search_space, parse_search_space
 from nlb_ndt.datasets import get_spec
 from nlb_ndt.paths import get_paths
 
@@ -143,7 +143,7 @@ def generate_configs(names: Iterable[str], out_dir: str | Path, *, overwrite: bo
 #: The shipped profiles: <name>.yaml.
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 _PROFILE_FIELDS = {"description", "config", "objective", "gpus_per_trial", "cpus_per_trial",
-                   "snapshots"}
+                   "snapshots", "runs", "search_space"}
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,10 @@ class Profile:
         config: {dotted config key: value}, merged after the rendered config.
         objective, gpus_per_trial, cpus_per_trial: search defaults (None: not set).
         snapshots: the snapshot kinds a submission ranks (empty: all).
+        runs: {run name: {dotted config key: value}}, merged after `config` for that run
+            (e.g. one attention head where a dataset's neuron count is odd).
+        search_space: search-space entries (the JSON schema of nlb_ndt.config.search_space)
+            added to, or replacing those of, the run's own search space.
     """
 
     name: str
@@ -165,6 +169,12 @@ class Profile:
     gpus_per_trial: float | None = None
     cpus_per_trial: float | None = None
     snapshots: tuple[str, ...] = ()
+    runs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    search_space: Mapping[str, Any] = field(default_factory=dict)
+
+    def config_for(self, run: str) -> dict[str, Any]:
+        """The config keys this profile sets for run `run`."""
+        return {**self.config, **dict(self.runs.get(run) or {})}
 
 
 def profile_names(profile_dir: str | Path | None = None) -> list[str]:
@@ -184,9 +194,15 @@ def load_profile(name: str, profile_dir: str | Path | None = None) -> Profile:
         raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(_PROFILE_FIELDS))}")
     config = dict(data.get("config") or {})
-    apply_overrides(get_cfg_defaults(), config)  # unknown keys or wrong types fail here
+    runs = {str(k): dict(v or {}) for k, v in (data.get("runs") or {}).items()}
+    for overrides in (config, *runs.values()):
+        apply_overrides(get_cfg_defaults(), overrides)  # unknown keys or wrong types fail
+    space = dict(data.get("search_space") or {})
+    if space:
+        parse_search_space(space, get_cfg_defaults(), source=str(path))
     return Profile(name=name, description=str(data.get("description", "")), config=config,
                    objective=data.get("objective"),
                    gpus_per_trial=data.get("gpus_per_trial"),
                    cpus_per_trial=data.get("cpus_per_trial"),
-                   snapshots=tuple(data.get("snapshots") or ()))
+                   snapshots=tuple(data.get("snapshots") or ()), runs=runs,
+                   search_space=space)

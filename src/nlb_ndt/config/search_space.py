@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from yacs.config import CfgNode as CN
 
-from nlb_ndt.config.defaults import coerce_to_default, get_cfg_defaults
+from nlb_ndt.config.defaults import coerce_to_default, config_value, get_cfg_defaults
 
 SAMPLE_FNS = ("uniform", "loguniform", "randint", "choice")
 _FIELDS = {"low", "high", "sample_fn", "opts"}
@@ -72,15 +72,6 @@ class Dimension:
         if self.sample_fn == "choice":
             return {"opts": list(self.opts)}
         return {"low": self.low, "high": self.high, "sample_fn": self.sample_fn}
-
-
-def _config_leaf(cfg: CN, key: str) -> tuple[bool, Any]:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return not isinstance(node, Mapping), node
 
 
 def _fits(value: Any, default: Any) -> bool:
@@ -177,10 +168,13 @@ def parse_search_space(data: Any, cfg: CN,
     dims: dict[str, Dimension] = {}
     for key, entry in data.items():
         where = f"{source}: {key}"
-        is_leaf, default = _config_leaf(cfg, key)
-        if not is_leaf:
-            raise SearchSpaceError(f"{where}: unknown config key (see nlb_ndt/config.py "
-                                   f"for the valid keys)")
+        try:
+            default = config_value(cfg, key)
+        except KeyError:
+            default = None
+        if default is None or isinstance(default, Mapping):
+            raise SearchSpaceError(f"{where}: unknown config key (see "
+                                   f"nlb_ndt/config/defaults.py for the valid keys)")
         dims[key] = _parse_entry(key, entry, default, where)
     return dims
 

@@ -125,6 +125,7 @@ class TrainConfig:
     compile: bool = False
     lr: LRConfig = LRConfig()
     mask: MaskConfig = MaskConfig()
+    contrast: ContrastConfig = ContrastConfig()
 
     @property
     def stop_epoch(self) -> int:
@@ -275,7 +276,8 @@ def train_config(node) -> TrainConfig:
         val_interval=int(node.VAL_INTERVAL), do_val=bool(node.DO_VAL),
         lfve_legacy=bool(node.LFVE_LEGACY), val_mask_seed=int(node.VAL_MASK_SEED),
         data_on_device=bool(node.DATA_ON_DEVICE), amp=bool(node.AMP),
-        compile=bool(node.COMPILE), lr=lr_config(node.LR), mask=mask_config(node))
+        compile=bool(node.COMPILE), lr=lr_config(node.LR), mask=mask_config(node),
+        contrast=contrast_config(node))
 
 
 def data_config(node) -> DataConfig:

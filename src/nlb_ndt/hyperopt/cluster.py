@@ -8,6 +8,11 @@ Both need guarding against Ray's defaults:
   local search to a dead or foreign cluster. `connect` always passes address="local"
   (Ray 2.60: a new instance, whatever the environment says) and hides RAY_ADDRESS from
   that call;
+- a private Ray is private: its GCS, raylet, workers and driver listen on 127.0.0.1 only
+  (Ray's default is every interface), and it requires a token generated for this run
+  (`write_run_token`: mode 0600, in a folder of its own under the run's Ray temp folder),
+  so neither another machine nor another local user without the token can submit work.
+  With an address the user's own RAY_AUTH_* settings are used, never changed;
 - with an address, `ray.init` retries an unreachable GCS for minutes before failing with
   a traceback. `connect` first opens a TCP connection to HOST:PORT with a timeout, so an
   unreachable cluster fails in seconds with one line naming the address and the check;
@@ -29,7 +34,9 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -38,7 +45,11 @@ from typing import Any
 import ray
 
 from nlb_ndt.config.layout import RUN_INFO_FILE
-from nlb_ndt.hyperopt.ray_compat import init_local, last_started_cluster
+from nlb_ndt.hyperopt.ray_compat import (
+    init_local,
+    last_started_cluster,
+    reload_auth_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +61,9 @@ CONNECT_TIMEOUT_S = 30
 STORAGE_CHECK_TIMEOUT_S = 120
 TOKEN_PREFIX = ".nlb_ndt_storage_check_"
 STORAGE_FIX = "put NLB_HOME on storage every node mounts, for example NFS"
+#: A private Ray's token lives in a folder named so (plus the owning pid) in its temp root.
+AUTH_DIR_PREFIX = "nlb_ray_auth_"
+AUTH_TOKEN_FILE = "auth_token"
 
 
 class ClusterError(RuntimeError):
@@ -107,37 +121,106 @@ def env_vars(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def tune_settings() -> dict[str, str]:
+    """Environment settings for `Tuner.fit` (Tune's driver loop reads them as it starts).
+
+    TUNE_GLOBAL_CHECKPOINT_S=0 saves the experiment state (trials, searcher) at the end
+    of every step of Tune's loop, so the step that starts or ends a trial is saved before
+    the next one; Tune's default (10 s or more apart) lets a driver killed in between lose
+    a trial that had started training. A value the user set is kept.
+    """
+    return {"TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "0")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+def _remove_stale_tokens(root: Path) -> None:
+    """Remove the token folders of private Rays that are gone: their process has ended,
+    or it is this one (which runs no Ray when it starts another)."""
+    for folder in root.glob(f"{AUTH_DIR_PREFIX}*_*"):
+        pid = folder.name[len(AUTH_DIR_PREFIX):].split("_")[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_run_token(temp_dir: str | None) -> Path:
+    """A new random token for one private Ray, in a new folder only this user can open
+    (mode 0700, the file 0600), under `temp_dir` (else Ray's temp root)."""
+    root = Path(temp_dir or os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tokens(root)
+    folder = Path(tempfile.mkdtemp(prefix=f"{AUTH_DIR_PREFIX}{os.getpid()}_", dir=root))
+    path = folder / AUTH_TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # 256 bits, as Ray's own generator
+    return path
+
+
+def _start_private(*, num_cpus: int | None, temp_dir: str | None,
+                   runtime_env: dict, log_to_driver: bool) -> None:
+    """A local Ray of this process's own: loopback only, with a token for this run."""
+    token = write_run_token(temp_dir)
+    # Ray's processes read these when they start (the GCS and raylet inherit them from
+    # this process, every worker from the raylet); this process reads them on the reload.
+    # They are set only while Ray starts, so the caller's own settings are back
+    # afterwards (a later --address in this process uses those).
+    with env_vars(RAY_ADDRESS=None, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=None,
+                  RAY_AUTH_TOKEN_PATH=str(token)):
+        reload_auth_settings()
+        init_local(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
+                   log_to_driver=log_to_driver)
+    logger.info("private Ray on 127.0.0.1 only, token authentication (token in %s)", token)
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None,
             temp_dir: str | None = None, runtime_env: Mapping[str, Any] | None = None,
             log_to_driver: bool = False) -> None:
     """Start a private local Ray (no address) or join the cluster at `address`.
 
     Args:
-        address: None for a local Ray of this process's own, whatever RAY_ADDRESS or a
-            leftover /tmp/ray/ray_current_cluster says; "auto" or HOST:PORT to join.
+        address: None for a local Ray of this process's own (loopback only, token
+            authentication), whatever RAY_ADDRESS or a leftover
+            /tmp/ray/ray_current_cluster says; "auto" or HOST:PORT to join, with the
+            authentication settings of the environment.
         num_cpus, temp_dir: of the local Ray (ignored when joining: the nodes own them).
         runtime_env: Ray runtime env for every worker (the path variables).
         log_to_driver: show the workers' output in this process.
 
     Raises:
         ClusterError: the cluster does not answer (within about PROBE_TIMEOUT_S +
-            CONNECT_TIMEOUT_S seconds).
+            CONNECT_TIMEOUT_S seconds) or refuses this process's token.
     """
     runtime_env = dict(runtime_env or {})
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not address:
-        with env_vars(RAY_ADDRESS=None):
-            init_local(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
+        _start_private(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
                        log_to_driver=log_to_driver)
         return
     target = resolve_address(address)
     probe(target)
+    # The user's own RAY_AUTH_* settings as the environment has them now (a private Ray
+    # earlier in this process left Ray's cache on its token). "auto" goes to Ray as
+    # "auto", pinned to the address probed, so Ray's own rule for it applies too (a token
+    # in ~/.ray/auth_token turns authentication on where RAY_AUTH_MODE is unset).
+    reload_auth_settings()
+    auto = address == "auto"
     # The port answers; bound the GCS handshake too (Ray's default waits 60 s and more).
-    with env_vars(RAY_ADDRESS=None, RAY_py_gcs_connect_timeout_s=str(CONNECT_TIMEOUT_S),
-              RAY_gcs_rpc_server_connect_timeout_s=str(CONNECT_TIMEOUT_S)):
+    with env_vars(RAY_ADDRESS=target if auto else None,
+                  RAY_py_gcs_connect_timeout_s=str(CONNECT_TIMEOUT_S),
+                  RAY_gcs_rpc_server_connect_timeout_s=str(CONNECT_TIMEOUT_S)):
         try:
-            ray.init(address=target, runtime_env=runtime_env, log_to_driver=log_to_driver)
-        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            ray.init(address="auto" if auto else target, runtime_env=runtime_env,
+                     log_to_driver=log_to_driver)
+        except (ConnectionError, TimeoutError, RuntimeError,
+                ray.exceptions.AuthenticationError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(f"cannot join the Ray cluster at {target} ({first}); check "
                                f"it with `ray status --address {target}`") from None

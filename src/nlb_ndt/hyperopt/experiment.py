@@ -90,8 +90,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimension],
-                          objective: str) -> None:
-    """A continued experiment must keep its config, search space and objective."""
+                          objective: str, scheduler: str = "fifo") -> None:
+    """A continued experiment must keep its config, search space, objective and trial
+    scheduler (experiments made before --scheduler existed are FIFO)."""
     problems = []
     saved_cfg = exp_dir / BASE_CONFIG_FILE
     # Compared as resolved configs, not as text: an experiment made by an earlier version
@@ -104,9 +105,12 @@ def check_same_experiment(exp_dir: Path, cfg_text: str, dims: Mapping[str, Dimen
         problems.append(f"the search space differs from {saved_space}")
     info_path = exp_dir / EXPERIMENT_INFO_FILE
     if info_path.exists():
-        saved_objective = json.loads(info_path.read_text()).get("objective")
-        if saved_objective and saved_objective != objective:
-            problems.append(f"it optimises {saved_objective}, not {objective}")
+        saved = json.loads(info_path.read_text())
+        if saved.get("objective") and saved["objective"] != objective:
+            problems.append(f"it optimises {saved['objective']}, not {objective}")
+        if saved.get("scheduler", "fifo") != scheduler:
+            problems.append(f"its trials are scheduled by {saved.get('scheduler', 'fifo')}, "
+                            f"not {scheduler}")
     if problems:
         raise ValueError(f"cannot continue {exp_dir}: {'; '.join(problems)}. Start a new "
                          f"experiment next to it with --fresh, or undo the change")
@@ -136,6 +140,15 @@ def write_record(exp_dir: Path, *, resume: bool, cfg_text: str, dims: Mapping[st
         write_text_atomic(exp_dir / BASE_CONFIG_FILE, cfg_text)
         _write_json(exp_dir / SEARCH_SPACE_FILE, to_json(dims))
     return info_path
+
+
+def close_session(info_path: Path, *, seconds: float) -> None:
+    """Record the wall time of this session (the last in experiment_info.json), which the
+    time budget of later sessions takes off."""
+    info = json.loads(info_path.read_text())
+    if info.get("sessions"):
+        info["sessions"][-1]["seconds"] = round(float(seconds), 1)
+        _write_json(info_path, info)
 
 
 def plan_resources(cpus_per_trial: float, gpus_per_trial: float,

@@ -2,16 +2,21 @@
 
 Ray has no public way to (1) change the sample budget of a restored experiment, (2) give
 a local Ray instance a short temporary folder (unix socket paths are limited to 107
-bytes, and Ray's default under a deep run folder exceeds that), or (3) tell which cluster
-`address="auto"` would join. All are needed, so all live here, behind one function
-each, and tests/test_hyperopt.py checks that the installed Ray still has what they touch.
-Upgrading Ray means re-checking this file.
+bytes, and Ray's default under a deep run folder exceeds that), (3) tell which cluster
+`address="auto"` would join, (4) keep a local Ray on the loopback interface (`ray.init`
+turns a node IP of 127.0.0.1 into the machine's outward IP, and every server then
+listens on all interfaces), (5) make a running process re-read the RAY_AUTH_* variables
+(Ray reads them once and caches them), or (6) set a restored Tuner's callbacks. All are
+needed, so all live here, behind one function each, and tests/hyperopt/test_ray_compat.py
+checks that the installed Ray still has what they touch. Upgrading Ray means re-checking
+this file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -31,11 +36,54 @@ def set_sample_budget(generator: SearchGenerator, total: int) -> None:
     generator._finished = False  # re-evaluated from the counter on the next suggestion
 
 
+#: The only address a private local Ray listens on.
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """While inside, Ray resolves the node IP "127.0.0.1" to itself, not the outward IP.
+
+    `ray.init(_node_ip_address=...)` passes a loopback address through
+    `services.resolve_ip_for_localhost`, which keeps it only where
+    `ray_constants.ENABLE_RAY_CLUSTER` is off (Ray's own setting on macOS and Windows).
+    Ray's servers (GCS, raylet, workers, the driver) listen on 127.0.0.1 alone exactly
+    when their node IP is 127.0.0.1; once the node is up every process reads its IP from
+    the node, so the switch is needed during `ray.init` only.
+    """
+    from ray._private import ray_constants  # private API
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def init_local(*, num_cpus: int | None, temp_dir: str | None, runtime_env: dict,
                log_to_driver: bool) -> None:
-    """Start a private local Ray instance (never an existing cluster)."""
-    ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir, include_dashboard=False,
-             runtime_env=runtime_env, log_to_driver=log_to_driver)
+    """Start a private local Ray instance (never an existing cluster) whose processes
+    listen on the loopback interface only, without a dashboard."""
+    with _loopback_node_ip():
+        ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir,
+                 _node_ip_address=LOOPBACK, include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=log_to_driver)
+
+
+def reload_auth_settings() -> None:
+    """Make this process's Ray read RAY_AUTH_MODE / RAY_AUTH_TOKEN(_PATH) again.
+
+    Ray's C++ core caches its config (the authentication mode among it) and the token the
+    first time it needs them; a later change of the environment is not seen until both
+    are reloaded. The config goes first: a token cache dropped while the config still says
+    "token" would be reloaded from a file that may be gone (Ray's own test helpers keep
+    this order for that reason).
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config  # private API
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def last_started_cluster() -> str | None:
@@ -57,3 +105,17 @@ def last_started_cluster() -> str | None:
     with contextlib.suppress(OSError):
         return Path("/tmp/ray/ray_current_cluster").read_text().strip() or None
     return None
+
+
+def configure_session(tuner, *, callbacks: list, reuse_actors: bool) -> None:
+    """This session's callbacks and actor reuse on a Tuner, new or restored.
+
+    Tune pickles a Tuner's run and tune configs into the experiment when the Tuner is
+    made, and `Tuner.restore` takes no new ones; callbacks that hold this session's
+    settings (its time budget) and actor reuse are therefore set on the Tuner's internals
+    after it is made, so they are neither pickled nor lost on a restore.
+    """
+    internal = tuner._local_tuner
+    run_config = internal.get_run_config()
+    run_config.callbacks = [*(run_config.callbacks or []), *callbacks]
+    internal._tune_config.reuse_actors = bool(reuse_actors)

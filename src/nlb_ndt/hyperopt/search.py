@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,11 +24,15 @@ from nlb_ndt.config.defaults import (
 )
 from nlb_ndt.config.layout import EXPERIMENT_INFO_FILE, OBJECTIVES, SNAPSHOT_KINDS
 from nlb_ndt.config.render import Profile, load_profile, template_names
-from nlb_ndt.config.search_space import Dimension, load_search_space
+from nlb_ndt.config.search_space import Dimension, load_search_space, parse_search_space
+from nlb_ndt.config.typed import train_config
 from nlb_ndt.data.preprocess import build_tensors
 from nlb_ndt.datasets import check_bin_ms
 from nlb_ndt.hyperopt import experiment as ex
-from nlb_ndt.hyperopt.cluster import check_shared_storage, connect, env_vars
+from nlb_ndt.hyperopt.budget import BudgetCallback, past, session_deadline
+from nlb_ndt.hyperopt.cluster import check_shared_storage, connect, env_vars, tune_settings
+from nlb_ndt.hyperopt.ray_compat import configure_session
+from nlb_ndt.hyperopt.schedulers import SCHEDULERS, build_scheduler
 from nlb_ndt.hyperopt.searcher import SampleBudget, SkoptSearcher
 from nlb_ndt.hyperopt.trainable import run_trial, trial_dirname
 from nlb_ndt.paths import Paths, get_paths
@@ -59,6 +64,9 @@ class SearchPlan:
     smoke_test: bool
     opts: tuple
     config_file: Path
+    scheduler: str
+    epochs: int
+    val_interval: int
 
     @property
     def mode(self) -> str:
@@ -74,16 +82,20 @@ class SearchPlan:
                 "profile": self.profile.name if self.profile else None,
                 "snapshots": list(self.snapshots),
                 "resources_per_trial": {"cpu": cpus, "gpu": gpus},
-                "config_file": str(self.config_file), "opts": list(self.opts)}
+                "config_file": str(self.config_file), "opts": list(self.opts),
+                "scheduler": self.scheduler}
 
 
 def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
                 objective: str, smoke_test: bool, fresh: bool, opts: Sequence[str],
-                bin_ms: int | None, profile: Profile | None) -> SearchPlan:
+                bin_ms: int | None, profile: Profile | None,
+                scheduler: str = "fifo") -> SearchPlan:
     """Resolve the config (rendered config <- profile <- smoke test <- opts), the search
     space and the experiment folder; check that a continued experiment is unchanged."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose from {', '.join(SCHEDULERS)}")
     opts = check_opts(opts)
     cfg_path = paths.config_dir / f"{name}.yaml"
     if not cfg_path.is_file():
@@ -92,7 +104,7 @@ def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
                                 f"{', '.join(template_names())}")
     cfg = load_config(cfg_path, freeze=False)
     if profile is not None:
-        cfg = apply_overrides(cfg, profile.config)
+        cfg = apply_overrides(cfg, profile.config_for(name))
     if opts:
         cfg.merge_from_list(list(opts))
     if bin_ms is not None and int(bin_ms) != int(cfg.DATA.BIN_MS):
@@ -101,6 +113,9 @@ def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
     if smoke_test:
         cfg = apply_overrides(cfg, ex.SMOKE_OVERRIDES)
     dims = load_search_space(cfg.TRAIN.TUNE_HP_JSON, cfg)
+    if profile is not None and profile.search_space:
+        dims.update(parse_search_space(profile.search_space, cfg,
+                                       source=f"profile {profile.name}"))
     clash = sorted(set(opts[0::2]) & set(dims))
     if clash:
         raise ValueError(f"{', '.join(clash)} is searched ({cfg.TRAIN.TUNE_HP_JSON}); "
@@ -114,20 +129,22 @@ def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
     resume = ex.restorable(exp_dir)
     cfg_text = cfg.dump()
     if resume:
-        ex.check_same_experiment(exp_dir, cfg_text, dims, objective)
+        ex.check_same_experiment(exp_dir, cfg_text, dims, objective, scheduler)
     samples = samples or (ex.SMOKE_SAMPLES if smoke_test else ex.DEFAULT_SAMPLES)
     snapshots = tuple(profile.snapshots) if profile and profile.snapshots else SNAPSHOT_KINDS
+    train = train_config(cfg.TRAIN)
     return SearchPlan(name, cfg_text, dims, cfg.DATA.DATASET, int(cfg.DATA.BIN_MS),
                       objective, samples, exp_dir, resume, profile, snapshots, seed,
-                      smoke_test, tuple(opts), cfg_path)
+                      smoke_test, tuple(opts), cfg_path, scheduler, train.stop_epoch,
+                      train.val_interval)
 
 
 def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurrent: int,
-           verbose: int) -> tune.Tuner:
+           verbose: int, deadline: float | None) -> tune.Tuner:
     """A new Tuner for a new experiment, or the restored one (searcher, budget, trials)."""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_cfg=plan.cfg_text,
-                             experiment_dir=str(plan.exp_dir)),
+                             experiment_dir=str(plan.exp_dir), deadline=deadline),
         {"cpu": cpus, "gpu": gpus})
     if plan.resume:
         # Unfinished trials continue from their state.pt; finished ones are kept as they are.
@@ -145,6 +162,8 @@ def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurr
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, metric=plan.objective, mode=plan.mode,
+            scheduler=build_scheduler(plan.scheduler, epochs=plan.epochs,
+                                      val_interval=plan.val_interval),
             num_samples=plan.samples, trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
@@ -162,7 +181,8 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
                opts: Sequence[str] = (), bin_ms: int | None = None,
                profile: str | None = None, paths: Paths | None = None,
                num_cpus: int | None = None, ray_temp_dir: str | None = None,
-               verbose: int = 1) -> ex.SearchSummary:
+               verbose: int = 1, scheduler: str = "fifo", time_budget: float | None = None,
+               reuse_actors: bool = True) -> ex.SearchSummary:
     """Run (or continue) the Bayesian search for run name `name` on Ray Tune.
 
     Reads CONFIG_DIR/<name>.yaml and its search space (TRAIN.TUNE_HP_JSON), builds the
@@ -187,6 +207,12 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         num_cpus: CPUs of a local Ray (default: all).
         ray_temp_dir: Ray's temp dir for a local Ray (keep it short: unix sockets).
         verbose: Ray Tune verbosity (0-3).
+        scheduler: "fifo" (every trial to its end) or "asha" (hyperopt.schedulers).
+        time_budget: hours the experiment may take over all its sessions; past it, no
+            trial starts and running ones pause at their next validation, resumably
+            (hyperopt.budget). None: no limit.
+        reuse_actors: run trial after trial in the same worker processes (no start-up cost
+            per trial; each trial still starts from its own seed).
 
     Returns:
         A SearchSummary of every trial of the experiment.
@@ -196,7 +222,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
     objective = _setting(chosen, objective, "objective", DEFAULT_OBJECTIVE)
     plan = plan_search(name, paths=paths, samples=samples, seed=seed, objective=objective,
                        smoke_test=smoke_test, fresh=fresh, opts=opts, bin_ms=bin_ms,
-                       profile=chosen)
+                       profile=chosen, scheduler=scheduler)
     logger.info("%s experiment %s (%d samples%s)", "continuing" if plan.resume else "new",
                 plan.exp_dir, plan.samples, f", profile {chosen.name}" if chosen else "")
     # Data first: trials only read the cache, and must not race to build it.
@@ -206,24 +232,37 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
     with _ray(address, num_cpus=num_cpus, temp_dir=ray_temp_dir, paths=paths,
               verbose=verbose):
         return _run(plan, address=address, resources=resources, paths=paths,
-                    max_concurrent=max_concurrent, verbose=verbose)
+                    max_concurrent=max_concurrent, verbose=verbose, time_budget=time_budget,
+                    reuse_actors=reuse_actors)
 
 
 def _run(plan: SearchPlan, *, address: str | None, resources: tuple[float, float],
-         paths: Paths, max_concurrent: int | None, verbose: int) -> ex.SearchSummary:
+         paths: Paths, max_concurrent: int | None, verbose: int, time_budget: float | None,
+         reuse_actors: bool) -> ex.SearchSummary:
     """Inside Ray: check the storage, record the session, fit the Tuner, summarise."""
     if address:
         # Before any trial: every node must see the experiment and the tensor cache.
         check_shared_storage([plan.exp_dir, paths.ndt_cache_dir])
+    started = time.time()
     cpus, gpus, max_concurrent = ex.plan_resources(*resources, max_concurrent)
+    info_file = plan.exp_dir / EXPERIMENT_INFO_FILE
+    deadline = session_deadline(info_file, time_budget, started=started)
     ex.write_record(plan.exp_dir, resume=plan.resume, cfg_text=plan.cfg_text, dims=plan.dims,
-                    settings=plan.record(address=address, cpus=cpus, gpus=gpus,
-                                         max_concurrent=max_concurrent))
+                    settings={**plan.record(address=address, cpus=cpus, gpus=gpus,
+                                            max_concurrent=max_concurrent),
+                              "time_budget_hours": time_budget, "deadline": deadline})
     tuner = _tuner(plan, seed=plan.seed, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
-                   verbose=verbose)
-    # Ray's newer console output ignores progress reporters; ours shows the objective.
-    with env_vars(RAY_AIR_NEW_OUTPUT="0"):
-        results = tuner.fit()
+                   verbose=verbose, deadline=deadline)
+    configure_session(tuner, callbacks=[BudgetCallback(deadline)], reuse_actors=reuse_actors)
+    if past(deadline) and plan.resume:
+        logger.warning("the time budget of %g h is spent; run again with a larger "
+                       "--time-budget to continue", time_budget)
+        results = tuner.get_results()
+    else:
+        # Ray's newer console output ignores progress reporters; ours shows the objective.
+        with env_vars(RAY_AIR_NEW_OUTPUT="0", **tune_settings()):
+            results = tuner.fit()
+        ex.close_session(info_file, seconds=time.time() - started)
     summary = ex.summarise(results, plan.exp_dir, plan.objective, plan.mode, plan.dims)
     ex.write_trials_csv(summary)
     return summary

@@ -31,6 +31,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from skopt.space import Categorical, Integer, Real
 
 from nlb_ndt.config.search_space import Dimension, to_json
+from nlb_ndt.hyperopt.budget import past, read_deadline
 from nlb_ndt.hyperopt.ray_compat import set_sample_budget
 
 logger = logging.getLogger(__name__)
@@ -265,23 +266,33 @@ class SkoptSearcher(Searcher):
 
 
 class SampleBudget(SearchGenerator):
-    """Ray's SearchGenerator, except that a restored experiment takes its sample budget
-    (and concurrency) from experiment_info.json rather than from the first run.
+    """Ray's SearchGenerator, except that an experiment takes its sample budget (and
+    concurrency, and this session's time-budget deadline) from experiment_info.json rather
+    than from the session that made it.
 
     Ray restores an experiment with the `num_samples` it started with and has no public
     way to change it (restore is meant for fault tolerance). Re-running with a larger
     `--samples` must add trials, so the budget lives in our own file, which
-    `run_search` rewrites before every fit.
+    `run_search` rewrites before every fit. Past the session's deadline (`--time-budget`)
+    no new trial is suggested.
     """
 
     def __init__(self, searcher: Searcher, samples: int, info_file: str):
         super().__init__(searcher)
         self._budget = int(samples)
         self._info_file = info_file
+        self._deadline: float | None = None
 
     def add_configurations(self, experiments) -> None:
         super().add_configurations(experiments)
         set_sample_budget(self, self._budget)
+        self._deadline = read_deadline(self._info_file)
+
+    def next_trial(self):
+        # Experiments pickled before the time budget existed lack the attribute.
+        if past(getattr(self, "_deadline", None)):
+            return None
+        return super().next_trial()
 
     def restore_from_dir(self, dirpath: str) -> None:
         # The pickled path is where the experiment was made; a moved experiment (or one
@@ -296,5 +307,6 @@ class SampleBudget(SearchGenerator):
             info = json.loads(Path(self._info_file).read_text())
             budget, concurrency = int(info["samples"]), int(info["max_concurrent"])
         set_sample_budget(self, budget)
+        self._deadline = read_deadline(self._info_file)
         if concurrency and isinstance(self.searcher, ConcurrencyLimiter):
             self.searcher.max_concurrent = concurrency

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ray import tune
 
 from nlb_ndt.config.defaults import apply_overrides, load_config_text
 from nlb_ndt.config.layout import SNAPSHOT_DIR, TRIAL_LOG
+from nlb_ndt.hyperopt.budget import PAUSED_KEY, wait_to_be_stopped
 from nlb_ndt.hyperopt.cluster import trial_run_info
 from nlb_ndt.hyperopt.searcher import TRIAL_INDEX_KEY
+from nlb_ndt.training.interrupts import BUDGET_SPENT, StopRequest
 from nlb_ndt.training.run import train_model
 
 logger = logging.getLogger(__name__)
@@ -32,7 +35,8 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def run_trial(config: dict, *, base_cfg: str, experiment_dir: str) -> None:
+def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
+              deadline: float | None = None) -> None:
     """Ray Tune function trainable: train one model with the suggested hyperparameters.
 
     The run folder is the trial's own folder under `experiment_dir` (Ray's
@@ -44,6 +48,9 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str) -> None:
         config: the suggestion (dotted config keys, "SEED", "TRIAL_INDEX").
         base_cfg: the experiment's resolved config (YAML text).
         experiment_dir: RAY_TUNE_HOME/<name>/<experiment> on shared storage.
+        deadline: this session's time-budget deadline (`time.time()`): past it, the trial
+            stops at its next validation with its state saved, reports PAUSED_KEY and
+            waits for the driver to end the run (nlb_ndt.hyperopt.budget).
     """
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -56,13 +63,6 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str) -> None:
     cfg = apply_overrides(load_config_text(base_cfg), overrides)
     cfg.freeze()
 
-    # Ray workers have no logging set up: keep the library's log in the trial folder.
-    pkg_logger = logging.getLogger("nlb_ndt")
-    handler = logging.FileHandler(run_dir / TRIAL_LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    old_level = pkg_logger.level
-    pkg_logger.addHandler(handler)
-    pkg_logger.setLevel(logging.INFO)
     reported = []
 
     def report(metrics: dict) -> None:
@@ -74,15 +74,35 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str) -> None:
         reported.append(out)
         tune.report(out)
 
+    with _trial_log(run_dir / TRIAL_LOG):
+        try:
+            logger.info("trial %s (seed %d, process %d) in %s", trial_id, cfg.SEED,
+                        os.getpid(), run_dir)
+            final = train_model(cfg, run_dir=run_dir, trial_id=trial_id, report=report,
+                                stop=StopRequest(deadline=deadline),
+                                run_info=trial_run_info(run_dir))
+            if final.get("stopped") == BUDGET_SPENT:
+                report({**final, PAUSED_KEY: True})
+                wait_to_be_stopped(trial_id)
+            elif not reported:  # a finished run resumed: its results still reach Tune
+                report(final)
+        except Exception:
+            logger.exception("trial %s failed", trial_id)
+            raise
+
+
+@contextlib.contextmanager
+def _trial_log(path: Path) -> Iterator[None]:
+    """The library's log in the trial folder while a trial runs (Ray workers have no
+    logging set up); removed afterwards, so a reused worker logs each trial apart."""
+    pkg_logger = logging.getLogger("nlb_ndt")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = pkg_logger.level
+    pkg_logger.addHandler(handler)
+    pkg_logger.setLevel(logging.INFO)
     try:
-        logger.info("trial %s (seed %d) in %s", trial_id, cfg.SEED, run_dir)
-        final = train_model(cfg, run_dir=run_dir, trial_id=trial_id, report=report,
-                            run_info=trial_run_info(run_dir))
-        if not reported:  # a finished run resumed: its results still reach Tune
-            report(final)
-    except Exception:
-        logger.exception("trial %s failed", trial_id)
-        raise
+        yield
     finally:
         pkg_logger.removeHandler(handler)
         pkg_logger.setLevel(old_level)

@@ -19,19 +19,16 @@ optim_state, lr_scheduler, config (a pickled yacs `CfgNode`), best_val, best_unm
 best_r2, max_spikes, num_neurons, trial_length and extra_state. STNDT's add best_cobps and
 best_contrast, store max_spikes without the NDT's +3 and name modules spatial_*, src_decoder
 (MODEL.NAME is the NDT's). A weights-only load cannot rebuild a `CfgNode`, so these files go
-through a restricted unpickler whose `find_class` admits only `ALLOWED_GLOBALS`; anything
-else raises `UnsafeCheckpointError` before it is called. This module is the only place that
-unpickles with `weights_only=False`. Loading never creates the directories a legacy config
-names (the original's loader made `config.LOG_DIR`, a path on the training machine).
+through a restricted unpickler (nlb_ndt.model.safe_load). lfads-torch models exported as
+{"format": "lfads-torch", "state_dict", "hparams"} load weights-only too. Loading never
+creates the directories a legacy config names (the original's loader made
+`config.LOG_DIR`, a path on the training machine).
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
-import pickle
-import types
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,7 +44,10 @@ from nlb_ndt.config.defaults import (
     warn_removed_key,
 )
 from nlb_ndt.model.factory import build_model
+from nlb_ndt.model.lfads import EXPORT_FORMAT as LFADS_FORMAT
+from nlb_ndt.model.lfads import load_lfads_export
 from nlb_ndt.model.ndt import PositionalEncoding
+from nlb_ndt.model.safe_load import read_checkpoint
 from nlb_ndt.model.stndt import is_stndt_state, stndt_state_dict
 from nlb_ndt.runtime import library_versions
 
@@ -65,85 +65,6 @@ _INFO_FIELDS: dict[str, type] = {
     "n_heldin": int, "t_obs": int, "bin_ms": int, "dataset": str, "epoch": int,
     "trial_id": str, "kind": str,
 }
-
-# Everything the original's checkpoints pickle by name, and nothing else. Storage
-# classes (torch.FloatStorage, ...) never reach this list: torch's own unpickler wrapper
-# turns any name its storage table knows into a dtype tag before asking us.
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,  # state_dict, tensor hooks
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("yacs.config", "CfgNode"): CfgNode,  # the pickled config and its sub-nodes
-    ("builtins", "set"): set,  # CfgNode's deprecated-keys attribute
-    ("__builtin__", "set"): set,  # the same, as protocol-2 pickles spell it
-}
-ALLOWED_GLOBALS: tuple[str, ...] = tuple(f"{m}.{n}" for m, n in _ALLOWED)
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A pickle asked for a global outside `ALLOWED_GLOBALS`; nothing was executed."""
-
-
-def _restricted_pickle_module(path: str) -> types.ModuleType:
-    """A stand-in for the `pickle` module whose unpickler only resolves allow-listed names.
-
-    torch.load subclasses `module.Unpickler` and calls `module.load` (older layouts). Every
-    global a pickle names goes through `find_class` (REDUCE, NEWOBJ, INST/OBJ and copyreg
-    extension codes included), so a refused name can never be called.
-    """
-
-    class RestrictedUnpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            try:
-                return _ALLOWED[(module, name)]
-            except (KeyError, TypeError):
-                raise UnsafeCheckpointError(
-                    f"{path}: refuses to load '{module}.{name}': the original NDT "
-                    f"checkpoint format only needs {', '.join(ALLOWED_GLOBALS)}, so this "
-                    "file is not one (or has been tampered with); nothing in it was executed"
-                ) from None
-
-    def load(file: Any, **kwargs: Any) -> Any:
-        return RestrictedUnpickler(file, **kwargs).load()
-
-    module = types.ModuleType("nlb_ndt_restricted_pickle")
-    module.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
-    module.load = load  # type: ignore[attr-defined]
-    module.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
-    return module
-
-
-def read_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """The raw dict stored in a snapshot file, ours or the original's, loaded safely.
-
-    Tries the weights-only loader first (ours always loads that way). Only when that loader
-    rejects the file's contents does it retry with the restricted unpickler.
-
-    Args:
-        path: the `.pth` file.
-        map_location: where tensors are put (as `torch.load`'s argument).
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        UnsafeCheckpointError: the file pickles a global outside `ALLOWED_GLOBALS`.
-        ValueError: the file holds something other than a snapshot dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # The weights-only loader refuses any class it does not know (here: yacs CfgNode).
-        logger.debug("%s: weights-only load refused (%s); trying the legacy allow-list",
-                     path, str(exc).splitlines()[0] if str(exc) else exc)
-        data = torch.load(path, map_location=map_location, weights_only=False,
-                          pickle_module=_restricted_pickle_module(str(path)))
-    if not isinstance(data, Mapping) or "state_dict" not in data:
-        raise ValueError(f"{path}: not an NDT checkpoint (expected a dict with a "
-                         f"'state_dict' entry, got {type(data).__name__})")
-    return dict(data)
-
 
 def weights_digest(model: torch.nn.Module) -> str:
     """sha1 of a model's state dict (names, dtypes, shapes and values), to spot copies."""
@@ -301,18 +222,37 @@ def _file_info(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
             "legacy": {k: _plain(data[k]) for k in _LEGACY_FIELDS if k in data}}
 
 
+def _load_lfads_export(data: Mapping[str, Any], path: Path, device: torch.device
+                       ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """An exported lfads-torch model, and info in load_model's terms (its cfg says
+    MODEL.FAMILY lfads; its hyperparameters stay in info["hparams"])."""
+    try:
+        model = load_lfads_export(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    cfg = get_cfg_defaults()
+    cfg.MODEL.FAMILY = "lfads"
+    cfg.freeze()
+    info = {"format": LFADS_FORMAT, "cfg": cfg, "hparams": dict(data.get("hparams") or {}),
+            "num_neurons": model.num_neurons, "trial_length": model.trial_length,
+            "max_spikes": model.max_spikes, "n_heldin": model.n_heldin, "t_obs": model.t_obs}
+    return model.to(device).eval(), info
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a snapshot file (ours, the original NDT's or STNDT's).
+    """Rebuild the model stored in a snapshot file (ours, the original NDT's, STNDT's, or an
+    exported lfads-torch model).
 
     Args:
         path: a `.pth` file written by `save_checkpoint`, the original AE/NDT or STNDT.
         device: where the model (and its tensors) go.
 
     Returns:
-        (model, info): the NDT or STNDT in eval mode on `device`, weights loaded strictly;
-        and a dict with format ("nlb_ndt" | "ae" | "stndt"), cfg (our defaults merged with
-        every stored key we know; STNDT's get SPATIAL_ATTENTION True), max_spikes,
+        (model, info): the NDT, STNDT or LFADS in eval mode on `device`, weights loaded
+        strictly; and a dict with format ("nlb_ndt" | "ae" | "stndt" | "lfads-torch"), cfg
+        (our defaults merged with every stored key we know; STNDT's get SPATIAL_ATTENTION
+        True; an lfads-torch export's MODEL.FAMILY lfads and "hparams"), max_spikes,
         num_neurons, trial_length, plus for our files format_version, n_heldin, t_obs,
         bin_ms, dataset, epoch, trial_id, kind, metrics, versions (those stored), and for
         the others `legacy` (_LEGACY_FIELDS as plain numbers, those stored).
@@ -323,6 +263,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     """
     path, device = Path(path), torch.device(device)
     data = read_checkpoint(path, map_location=device)
+    if data.get("format") == LFADS_FORMAT:
+        return _load_lfads_export(data, path, device)
     info = _file_info(data, path)
     for key in ("config", "num_neurons", "trial_length", "max_spikes"):
         if key not in data:

@@ -7,7 +7,8 @@ width), float32.
 
 The model sees exactly what it saw at validation time in the original: held-in counts
 clamped to the checkpoint's max_spikes, zeros for every held-out neuron and every forward
-bin, no masking, dropout off.
+bin, no masking, dropout off. An LFADS model (it has `log_rates_from_heldin`) is given the
+held-in counts alone, and returns the rates of its posterior means.
 """
 
 from __future__ import annotations
@@ -98,9 +99,13 @@ def predict_rates(model: torch.nn.Module, heldin: Any, *, batch_size: int = 256,
         with torch.no_grad():
             for start in range(0, n_trials, batch_size):
                 chunk = torch.from_numpy(counts[start:start + batch_size]).to(target)
-                src = torch.zeros(chunk.shape[0], t_total, n_total, device=target)
-                src[:, :t_obs, :n_in] = chunk  # held-out neurons and forward bins stay 0
-                _, log_rates = model(src)
+                if hasattr(model, "log_rates_from_heldin"):
+                    # LFADS reads held-in counts only (raw: its max_spikes never binds).
+                    log_rates = model.log_rates_from_heldin(chunk)
+                else:
+                    src = torch.zeros(chunk.shape[0], t_total, n_total, device=target)
+                    src[:, :t_obs, :n_in] = chunk  # held-out neurons, forward bins stay 0
+                    _, log_rates = model(src)
                 out[start:start + chunk.shape[0]] = (
                     torch.exp(log_rates.float()).cpu().numpy())
     finally:

@@ -36,13 +36,23 @@ from nlb_ndt.model.lfads_cells import (
 )
 from nlb_ndt.model.ndt import dropout
 
-__all__ = ["EXPORT_FORMAT", "LFADS", "NO_SPIKE_CLAMP", "LfadsOutput", "load_lfads_export"]
+__all__ = ["EXPORT_FORMAT", "LFADS", "NO_SPIKE_CLAMP", "LfadsOutput", "load_lfads_export",
+           "standard_normal"]
 
 #: LFADS reads raw counts, so its max_spikes is this sentinel: inference's clamp to
 #: max_spikes never binds (float32 holds it exactly), and checkpoints can store it as an int.
 NO_SPIKE_CLAMP = 2**31 - 1
 #: The "format" of an exported lfads-torch model dict (see `load_lfads_export`).
 EXPORT_FORMAT = "lfads-torch"
+
+
+def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None, *,
+                    like: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) draws of `like`'s dtype and device, from `generator` wherever it lives (a
+    CPU generator may drive a CUDA model: the draws are moved)."""
+    device = generator.device if generator is not None else like.device
+    draws = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
+    return draws.to(like.device)
 
 
 class LfadsOutput(NamedTuple):
@@ -188,10 +198,9 @@ class LFADS(nn.Module):
         ic_mean, ic_std, ci = self.encoder(x)
         ic, noise = ic_mean, None
         if sample:
-            ic = ic_mean + ic_std * torch.randn(ic_mean.shape, generator=generator,
-                                                device=x.device, dtype=x.dtype)
-            noise = torch.randn((x.shape[0], self.trial_length, self.cfg.co_dim),
-                                generator=generator, device=x.device, dtype=x.dtype)
+            ic = ic_mean + ic_std * standard_normal(ic_mean.shape, generator, like=x)
+            noise = standard_normal((x.shape[0], self.trial_length, self.cfg.co_dim),
+                                    generator, like=x)
         out = self.decoder(ic, ci, noise)
         log_rates = self.readout[0](out["factors"])
         return LfadsOutput(log_rates, ic_mean, ic_std, out["co_mean"], out["co_std"],

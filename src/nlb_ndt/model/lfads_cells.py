@@ -62,19 +62,29 @@ class ClippedGRUCell(nn.Module):
             if weight.numel():  # a generator without inputs has a (3G, 0) weight_ih
                 nn.init.normal_(weight, std=1.0 / math.sqrt(fan))
         with torch.no_grad():
-            self.bias_ih[:2 * H] = 1.0  # update and reset gates start mostly open
+            self.bias_ih[:2 * H] = 1.0  # gates start leaning to keep (z) and use (r) the state
 
     def input_projection(self, x: torch.Tensor) -> torch.Tensor:
         """x W_ih^T + b_ih for any leading shape: (..., D) -> (..., 3H)."""
         return F.linear(x, self.weight_ih, self.bias_ih)
 
-    def recur(self, gi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The step from a precomputed input projection gi (B, 3H) and state h (B, H)."""
+    def recurrent_weights(self) -> tuple[torch.Tensor, ...]:
+        """(W_zr, b_zr, W_n, b_n): weight_hh and bias_hh split into the gate rows and the
+        candidate rows. Sliced once per sequence: slicing every step would make autograd
+        scatter a full-size gradient per step."""
+        H2 = 2 * self.hidden_size
+        w, b = self.weight_hh, self.bias_hh
+        return w[:H2], b[:H2], w[H2:], b[H2:]
+
+    def recur(self, gi: torch.Tensor, h: torch.Tensor,
+              weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """The step from a precomputed input projection gi (B, 3H) and state h (B, H);
+        `weights` is `recurrent_weights()` when the caller has it already."""
         H = self.hidden_size
-        w_hh, b_hh = self.weight_hh, self.bias_hh
-        gates = torch.sigmoid(gi[:, :2 * H] + F.linear(h, w_hh[:2 * H], b_hh[:2 * H]))
-        z, r = gates[:, :H], gates[:, H:]
-        n = torch.tanh(gi[:, 2 * H:] + F.linear(r * h, w_hh[2 * H:], b_hh[2 * H:]))
+        w_zr, b_zr, w_n, b_n = weights if weights is not None else self.recurrent_weights()
+        gi_zr, gi_n = gi.split([2 * H, H], dim=1)
+        z, r = torch.sigmoid(gi_zr + F.linear(h, w_zr, b_zr)).split(H, dim=1)
+        n = torch.tanh(gi_n + F.linear(r * h, w_n, b_n))
         return (z * h + (1.0 - z) * n).clamp(-self.clip, self.clip)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -92,10 +102,13 @@ class ClippedGRU(nn.Module):
     def forward(self, x: torch.Tensor, h0: torch.Tensor, *, outputs: bool = True
                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(B, T, D) inputs from state h0 (B, H) -> ((B, T, H) states or None, (B, H) last)."""
-        gi = self.cell.input_projection(x)  # (B, T, 3H), one matmul for the sequence
+        # (B, 3H) per bin from one matmul; unbind (not gi[:, t]) so that the backward pass
+        # stacks the per-bin gradients once instead of scattering each into a full copy.
+        steps = self.cell.input_projection(x).unbind(1)
+        weights = self.cell.recurrent_weights()
         h, states = h0, []
-        for t in range(x.shape[1]):
-            h = self.cell.recur(gi[:, t], h)
+        for gi in steps:
+            h = self.cell.recur(gi, h, weights)
             if outputs:
                 states.append(h)
         return (torch.stack(states, dim=1) if outputs and states else None), h
@@ -181,32 +194,43 @@ class DecoderRNN(nn.Module):
             {factors (B, Tr, F), co_mean, co_std, co (B, Tr, U): the generator's inputs}.
         """
         cell, B, Tr = self.cell, g0.shape[0], ci.shape[1]
-        w_fac = cell.fac_linear.normalized_weight()  # the same every bin of this pass
+        gen, w_fac = cell.gen_cell, cell.fac_linear.normalized_weight()  # once per pass
+        gen_weights = gen.recurrent_weights()
         f = F.linear(self._drop(g0), w_fac)  # f0 from the dropped g0; g0 itself carries on
-        g, c = g0, c0
-        gen_in = g0.new_zeros(B, 0)
-        factors, means, stds, cos = [], [], [], []
+        g, c, u = g0, c0, g0.new_zeros(B, 0)
         if cell.controller:
-            con = cell.con_cell
-            w_ci, w_fac_in = con.weight_ih[:, :cell.ci_width], con.weight_ih[:, cell.ci_width:]
-            # The controller input is [ci_t, f_prev]; its ci part is projected for all bins
-            # at once (with its dropout drawn at once: draws are independent per element
-            # either way), leaving only the factor part inside the loop.
-            ci_proj = F.linear(self._drop(ci), w_ci, con.bias_ih)  # (B, Tr, 3K)
+            con_in, w_f, con_weights = self._controller_inputs(ci, noise)
+        factors, co = [], []
         for t in range(Tr):
             if cell.controller:
-                gi = ci_proj[:, t] + F.linear(self._drop(f), w_fac_in)
-                c = con.recur(gi, c)
+                ci_t, eps = con_in[t]
+                c = cell.con_cell.recur(ci_t + F.linear(self._drop(f), w_f), c, con_weights)
                 mean, logvar = cell.co_linear(c).split(cell.co_dim, dim=1)
                 std = torch.exp(0.5 * logvar)
-                gen_in = mean if noise is None else mean + std * noise[:, t]
-                means.append(mean)
-                stds.append(std)
-                cos.append(gen_in)
-            g = cell.gen_cell(gen_in, g)
+                u = mean if eps is None else mean + std * eps
+                co.append((mean, std, u))
+            g = gen.recur(gen.input_projection(u), g, gen_weights)
             f = F.linear(self._drop(g), w_fac)
             factors.append(f)
         out = {"factors": torch.stack(factors, dim=1)}
-        for name, steps in (("co_mean", means), ("co_std", stds), ("co", cos)):
-            out[name] = torch.stack(steps, dim=1) if steps else g0.new_zeros(B, Tr, 0)
+        for i, name in enumerate(("co_mean", "co_std", "co")):
+            out[name] = (torch.stack([step[i] for step in co], dim=1) if co
+                         else g0.new_zeros(B, Tr, 0))
         return out
+
+    def _controller_inputs(self, ci: torch.Tensor, noise: torch.Tensor | None
+                           ) -> tuple[list, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """What the controller's steps need that does not depend on its state: per bin
+        (projected ci part of the input, noise or None); the factor part of weight_ih; the
+        recurrent weights.
+
+        The controller input is [ci_t, f_prev]. Its ci part is projected for all bins in
+        one matmul, with its dropout drawn at once (draws are independent per element
+        either way); unbind lets the backward pass stack the per-bin gradients once.
+        """
+        con = self.cell.con_cell
+        w_ci, w_f = con.weight_ih.split([self.cell.ci_width, con.input_size - self.cell.ci_width],
+                                        dim=1)
+        ci_proj = F.linear(self._drop(ci), w_ci, con.bias_ih).unbind(1)  # Tr x (B, 3K)
+        eps = noise.unbind(1) if noise is not None else [None] * len(ci_proj)
+        return list(zip(ci_proj, eps)), w_f, con.recurrent_weights()

@@ -43,7 +43,8 @@ from nlb_ndt.model.ndt import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STNDT", "ScaleNorm", "SpatioTemporalLayer", "StndtConfig", "stndt_config"]
+__all__ = ["PROJECTOR_PREFIXES", "STNDT", "ScaleNorm", "SpatioTemporalLayer", "StndtConfig",
+           "is_stndt_state", "stndt_config", "stndt_state_dict"]
 
 #: State-dict prefixes of STNDT's contrast projection heads: trained only for the
 #: contrastive loss, never used at inference, and not built here (see the loader).

@@ -202,6 +202,30 @@ def _trial_cobps(running_sum: np.ndarray | None, rates: np.ndarray, size: int,
     return score if np.isfinite(score) else -np.inf
 
 
+def _sorted_init(candidates: Sequence[np.ndarray], spikes: np.ndarray, max_steps: int
+                 ) -> tuple[list[int], list[float], np.ndarray]:
+    """The best top-N prefix among sizes <= max_steps: its steps, curve and float64 sum."""
+    shape = spikes.shape
+    top_n = ensemble_curve((_checked(candidates, i, shape)
+                            for i in range(min(max_steps, len(candidates)))), spikes)
+    steps, running_sum = list(range(choose_size(top_n))), None
+    for index in steps:
+        running_sum = _accumulate(running_sum, _checked(candidates, index, shape))
+    return steps, [float(c) for c in top_n[:len(steps)]], running_sum
+
+
+def _best_addition(candidates: Sequence[np.ndarray], running_sum: np.ndarray | None,
+                   size: int, buffer: np.ndarray, spikes: np.ndarray) -> tuple[int, float]:
+    """The candidate whose addition gives the best co-bps (ties: the lowest index)."""
+    best_index, best_score = 0, -np.inf
+    for index in range(len(candidates)):
+        score = _trial_cobps(running_sum, _checked(candidates, index, spikes.shape), size,
+                             buffer, spikes)
+        if score > best_score:  # strict: ties keep the lowest index
+            best_index, best_score = index, score
+    return best_index, best_score
+
+
 def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.ndarray,
                      *, max_steps: int, init: str = "sorted") -> GreedySelection:
     """Greedy forward ensemble selection with replacement on val co-bps (Caruana et al. 2004).
@@ -211,30 +235,21 @@ def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.n
     one, i.e. it searches over weighted means. At each step the candidate whose addition
     gives the best val co-bps of the running mean is added (ties: the lowest index), even
     when no candidate improves it, so the curve exists up to `max_steps`; the selection
-    kept is the best prefix (argmax of the curve, earliest on ties).
+    kept is the best prefix (argmax of the curve, earliest on ties). Against top-N
+    (`ensemble_curve` on the same candidates):
 
-    What is guaranteed against top-N (`ensemble_curve` on the same candidates):
-
-    * `init="best"` (plain forward selection): step 1 is the candidate with the highest
-      single co-bps (computed from the arrays, lowest index on ties), so curve[0] >=
-      top-1's. On a sorted ranking step 1 is index 0, so curve[0] equals top-1's, and
-      step 2 tries every candidate, top-2's second member included, so curve[1] >=
-      top-2's. From size 3 on, NOTHING is guaranteed: once greedy's second member differs
-      from the ranking's, the top-3 set may be unreachable, and greedy's best can then
-      fall below top-N's best (tests/test_ensemble.py builds such a case).
+    * `init="best"` (plain forward selection): step 1 is the best single candidate
+      (computed from the arrays), so curve[0] >= top-1's; on a sorted ranking step 2
+      tries top-2's second member, so curve[1] >= top-2's. From size 3 on NOTHING is
+      guaranteed: greedy's best can fall below top-N's best
+      (tests/scoring/test_ensemble.py builds such a case).
     * `init="sorted"` (default; Caruana's "sorted ensemble initialisation"): the first
-      steps are the top-N prefix with the best top-N co-bps among sizes <= max_steps, and
-      greedy continues from there. So curve equals top-N's up to that size, and the
-      kept selection's co-bps is >= the best top-N ensemble of at most max_steps members,
-      by construction. When the best top-N is N=1 this is the same as `init="best"` on a
-      sorted ranking. Per-size dominance beyond the initial prefix is still not
-      guaranteed (greedy keeps stepping even when every addition hurts).
+      steps are the top-N prefix with the best top-N co-bps among sizes <= max_steps, so
+      the kept selection's co-bps is >= the best top-N ensemble of at most max_steps
+      members, by construction (per-size dominance beyond that prefix is not).
 
-    Memory: one float64 running sum and one float64 trial sum of shape (B, T, N_out)
-    (plus co_bps' transient copies of one trial mean); each candidate is read from
-    `candidates[i]` once per step (the chosen one once more, to add it), so memmaps
-    (np.load(..., mmap_mode="r")) are never all in memory. Each step costs
-    len(candidates) co-bps evaluations.
+    Memory: two float64 sums of shape (B, T, N_out); each candidate is read once per step
+    (memmaps are never all in memory), and a step costs len(candidates) co-bps evaluations.
 
     Args:
         candidates: per-snapshot val `eval_rates_heldout`, each (B, T, N_out), in ranking
@@ -244,8 +259,8 @@ def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.n
         init: "sorted" or "best", see above.
 
     Returns:
-        GreedySelection; its `members` (or `counts(size)` for another prefix), given to
-        `RunningMean.add(rates, count=...)` or `ensemble_rates`, build the submission.
+        GreedySelection; its `members` (or `counts(size)`) with `ensemble_rates` or
+        `RunningMean.add(rates, count=...)` build the submission.
     """
     if max_steps < 1:
         raise ValueError(f"greedy selection needs max_steps >= 1, not {max_steps}")
@@ -254,44 +269,22 @@ def greedy_selection(candidates: Sequence[np.ndarray], eval_spikes_heldout: np.n
     if len(candidates) == 0:
         raise ValueError("no candidates to select an ensemble from")
     spikes = np.asarray(eval_spikes_heldout)
-    shape = spikes.shape
-
-    steps: list[int] = []
-    curve: list[float] = []
-    running_sum: np.ndarray | None = None
-    if init == "sorted":
-        top_n = ensemble_curve((_checked(candidates, i, shape)
-                                for i in range(min(max_steps, len(candidates)))), spikes)
-        init_size = choose_size(top_n)
-        for index in range(init_size):
-            running_sum = _accumulate(running_sum, _checked(candidates, index, shape))
-            steps.append(index)
-        curve.extend(float(c) for c in top_n[:init_size])
-    else:
-        init_size = 0
-
-    buffer = np.empty(shape, dtype=np.float64)
+    steps, curve, running_sum = (_sorted_init(candidates, spikes, max_steps)
+                                 if init == "sorted" else ([], [], None))
+    init_size, buffer = len(steps), np.empty(spikes.shape, dtype=np.float64)
     while len(steps) < max_steps:
         size = len(steps) + 1
-        best_index, best_score = 0, -np.inf
-        for index in range(len(candidates)):
-            score = _trial_cobps(running_sum, _checked(candidates, index, shape), size,
-                                 buffer, spikes)
-            if score > best_score:  # strict: ties keep the lowest index
-                best_index, best_score = index, score
-        running_sum = _accumulate(running_sum, _checked(candidates, best_index, shape))
-        steps.append(best_index)
-        curve.append(best_score if np.isfinite(best_score) else np.nan)
-        logger.debug("greedy step %d: candidate %d, val co-bps %.5f",
-                     size, best_index, best_score)
-
+        index, score = _best_addition(candidates, running_sum, size, buffer, spikes)
+        running_sum = _accumulate(running_sum, _checked(candidates, index, spikes.shape))
+        steps.append(index)
+        curve.append(score if np.isfinite(score) else np.nan)
+        logger.debug("greedy step %d: candidate %d, val co-bps %.5f", size, index, score)
     curve_array = np.asarray(curve, dtype=np.float64)
     best_n = choose_size(curve_array)
     members = dict(Counter(steps[:best_n]))
     logger.info("greedy selection: %d steps, best prefix %d (%d distinct snapshots), "
                 "val co-bps %.5f", len(steps), best_n, len(members), curve_array[best_n - 1])
-    return GreedySelection(steps=steps, curve=curve_array, best_n=best_n,
-                           members=members,
+    return GreedySelection(steps=steps, curve=curve_array, best_n=best_n, members=members,
                            n_candidates=len(candidates), init_size=init_size)
 
 

@@ -55,6 +55,7 @@ from nlb_ndt.stages.refit import refit_members
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SubmissionResult:
     """What `make_submission` wrote and scored.

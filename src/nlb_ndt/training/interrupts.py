@@ -1,10 +1,11 @@
 """Stopping a run cleanly: Ctrl-C, SIGTERM, a deadline, or a caller's request.
 
-The trainer asks `StopRequest.requested` at the end of every epoch; when it is set, the
-run saves its state for that epoch and returns, so starting it again continues from
-there. `stop_on_signals` turns the first SIGINT or SIGTERM (Ctrl-C in `screen`, a
-scheduler's preemption notice) into such a request; a second one stops at once, as the
-default handlers would. Signal handlers can only be installed from the main thread (a
+The trainer asks `StopRequest.due` at the end of every epoch; when it says stop, the run
+saves its state for that epoch and returns, so starting it again continues from there. A
+deadline (a search's time budget) stops a run only at a validation, so the run reports
+the metrics it stopped at. `stop_on_signals` turns the first SIGINT or SIGTERM (Ctrl-C in
+`screen`, a scheduler's preemption notice) into such a request; a second one stops at
+once, as the default handlers would. Signal handlers can only be installed from the main thread (a
 Ray trial runs in another), so elsewhere it installs nothing and the caller polls.
 """
 
@@ -20,6 +21,8 @@ from typing import Callable, Iterator
 logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The reason a run past its deadline gives.
+BUDGET_SPENT = "the time budget is spent"
 
 
 class StopRequest:
@@ -42,10 +45,17 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        if self.reason is None and self.deadline is not None and time.time() >= self.deadline:
-            self.request("the time budget is spent")
+        """A signal or the caller's poll asked to stop (the deadline is not looked at)."""
         if self.reason is None and self.poll is not None and self.poll():
             self.request("stop requested")
+        return self.reason is not None
+
+    def due(self, *, validated: bool) -> bool:
+        """Whether to stop after this epoch: on any request, or past the deadline at an
+        epoch that `validated`."""
+        if not self.requested and validated and self.deadline is not None and \
+                time.time() >= self.deadline:
+            self.request(BUDGET_SPENT)
         return self.reason is not None
 
 

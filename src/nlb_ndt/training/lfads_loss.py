@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nlb_ndt.config.lfads import LfadsConfig
-from nlb_ndt.model.lfads import LFADS
+from nlb_ndt.model.lfads import LFADS, standard_normal
 
 __all__ = ["LfadsLoss", "ar1_log_prob", "coordinated_dropout", "kl_co", "kl_ic",
            "l2_penalty", "lfads_loss", "normal_log_prob", "pass_dropped_only",
@@ -136,7 +136,9 @@ def coordinated_dropout(heldin: torch.Tensor, cd_rate: float, *,
     Returns:
         (input (B, T, I) for the model, dropped (B, T, I) bool: True where hidden).
     """
-    keep = torch.rand(heldin.shape, generator=generator, device=heldin.device) >= cd_rate
+    device = generator.device if generator is not None else heldin.device
+    keep = (torch.rand(heldin.shape, generator=generator, device=device) >= cd_rate
+            ).to(heldin.device)
     return heldin * keep / (1.0 - cd_rate), ~keep
 
 
@@ -181,8 +183,7 @@ def lfads_loss(model: LFADS, heldin: torch.Tensor, recon_target: torch.Tensor, *
     k_ic = kl_ic(out.ic_mean, out.ic_std, model.ic_prior.mean, model.ic_prior.logvar)
     if out.co_mean.shape[-1]:
         # The KL's own posterior draw, independent of the one that fed the generator.
-        eps = torch.randn(out.co_mean.shape, generator=generator, device=out.co_mean.device,
-                          dtype=out.co_mean.dtype)
+        eps = standard_normal(out.co_mean.shape, generator, like=out.co_mean)
         k_co = kl_co(out.co_mean + out.co_std * eps, out.co_mean, out.co_std,
                      model.co_prior.logtaus, model.co_prior.lognvars)
     else:

@@ -7,6 +7,8 @@ Training (`loss`): held-in counts are masked BERT-style (nlb_ndt.model.masking);
 sees masked held-in spikes and zeros elsewhere, and is scored by Poisson NLL on the masked
 held-in bins, every held-out neuron and every forward bin.
 
+STNDT's contrastive term (nlb_ndt.training.contrastive) is added when it is switched on.
+
 Validation (`validate`), always in fp32 on the whole val split:
     masked_loss    the same loss with a fixed mask (TRAIN.VAL_MASK_SEED), no spans
     unmasked_loss  held-in reconstruction with nothing masked (held-out and forward not
@@ -23,6 +25,7 @@ from nlb_ndt.data.splits import SplitTensors
 from nlb_ndt.model.masking import assemble, mask_heldin
 from nlb_ndt.model.ndt import IGNORE_INDEX
 from nlb_ndt.scoring.metrics import co_bps
+from nlb_ndt.training.contrastive import contrast_term
 
 
 class MaskedModelling:
@@ -40,13 +43,19 @@ class MaskedModelling:
         self.device = device
 
     def loss(self, forward_fn, batch: SplitTensors, *, epoch: int,
-             generator: torch.Generator) -> torch.Tensor:
-        """The training loss of one batch (masking drawn from `generator`)."""
+             generator: torch.Generator, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """The training loss of one batch (masking drawn from `generator`), plus STNDT's
+        contrastive term when TRAIN.CONTRAST_LAMBDA > 0 (`model` is then the module that
+        `forward_fn` runs)."""
         heldin_in, heldin_lab = mask_heldin(batch.heldin, self.train.mask, epoch=epoch,
                                             max_spikes=self.max_spikes, generator=generator)
         inputs, labels = assemble(heldin_in, heldin_lab, batch.heldout, batch.forward)
         loss, _ = forward_fn(inputs.to(self.device, non_blocking=True),
                              labels.to(self.device, non_blocking=True))
+        if self.train.contrast.enabled:
+            loss = loss + contrast_term(model or forward_fn, batch, self.train.contrast,
+                                        self.train.mask, max_spikes=self.max_spikes,
+                                        generator=generator, device=self.device)
         return loss
 
     @torch.no_grad()

@@ -134,7 +134,7 @@ class Trainer:
             batch = data.take(order[start:start + batch_size])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = self.objective.loss(self.forward_fn, batch, epoch=self.epoch,
-                                           generator=self.generator)
+                                           generator=self.generator, model=self.model)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.max_grad_norm)
@@ -235,22 +235,26 @@ class Trainer:
 
     def _loop(self, curves, report: Callable[[dict], None], stop: StopRequest) -> dict:
         metrics = self.history[-1] if self.history else {}
-        train_loss = math.nan
+        train_loss, first = math.nan, self.epoch
         self._logged_at = time.perf_counter()
         while self.epoch < self.plan.stop_epoch:
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             train_loss = self.train_epoch()
             self.elapsed += time.perf_counter() - started
+            if self.epoch == first + 1:  # what a process pays before training: see bench/
+                logger.info("first epoch done: epoch %d took %.2f s", self.epoch,
+                            time.perf_counter() - started)
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss became {train_loss} at epoch "
                                          f"{self.epoch}")
-            if self.plan.validates(self.epoch):
+            validated = self.plan.validates(self.epoch)
+            if validated:
                 metrics = self._record(train_loss, lr, self.validate(), curves)
                 report(dict(metrics))
                 if metrics["done"]:
                     return metrics
-            if stop.requested:
+            if stop.due(validated=validated):
                 self.save_state()
                 logger.info("%s: stopped at epoch %d (%s); the state is saved, so running "
                             "it again continues", self.folder.path, self.epoch, stop.reason)
