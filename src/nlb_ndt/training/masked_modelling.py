@@ -42,6 +42,12 @@ class MaskedModelling:
         self.max_spikes = max_spikes
         self.device = device
 
+    @property
+    def optimizer_settings(self) -> dict[str, float]:
+        """The AdamW learning rate, epsilon and weight decay (TRAIN.*)."""
+        return {"lr": self.train.lr.init, "eps": self.train.eps,
+                "weight_decay": self.train.weight_decay}
+
     def loss(self, forward_fn, batch: SplitTensors, *, epoch: int,
              generator: torch.Generator, model: torch.nn.Module | None = None) -> torch.Tensor:
         """The training loss of one batch (masking drawn from `generator`), plus STNDT's

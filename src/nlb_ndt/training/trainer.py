@@ -10,7 +10,8 @@ variant stays available as TRAIN.LFVE_LEGACY); seeds are honoured.
 
 Who does what:
     Trainer         the model, optimiser, schedule and the loop (`fit`)
-    MaskedModelling the loss of a batch and the validation metrics (training.masked_modelling)
+    MaskedModelling the NDT's and STNDT's batch loss and validation (training.masked_modelling);
+                    LfadsObjective LFADS's (training.lfads_objective)
     SnapshotTracker which snapshots a validation improves; patience (training.tracker)
     RunFolder       every file: records, metrics.csv, state.pt, snapshots (training.run_folder)
     StopRequest     Ctrl-C / SIGTERM / a deadline: save the state and return (training.interrupts)
@@ -34,7 +35,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from nlb_ndt.config.layout import FINAL_KIND
-from nlb_ndt.config.typed import typed_config
+from nlb_ndt.config.typed import model_family, typed_config
 from nlb_ndt.data.splits import TrainingData
 from nlb_ndt.model.factory import build_model
 from nlb_ndt.runtime import (
@@ -46,6 +47,7 @@ from nlb_ndt.runtime import (
     set_global_rng_state,
 )
 from nlb_ndt.training.interrupts import StopRequest, stop_on_signals
+from nlb_ndt.training.lfads_objective import LfadsObjective, with_data_sizes
 from nlb_ndt.training.masked_modelling import MaskedModelling
 from nlb_ndt.training.optim import build_optimizer
 from nlb_ndt.training.run_folder import RunFolder
@@ -72,26 +74,30 @@ class Trainer:
     def __init__(self, cfg, data: TrainingData, folder: RunFolder, *,
                  device: str | torch.device | None = None,
                  run_info: Mapping[str, Any] | None = None):
-        self.cfg = cfg
-        self.settings = typed_config(cfg)
+        self.dims = data.dims
+        self.family = model_family(cfg.MODEL)
+        self.cfg = with_data_sizes(cfg, self.dims) if self.family == "lfads" else cfg
+        self.settings = typed_config(self.cfg)
         self.train_cfg = self.settings.train
         self.data = data
         self.folder = folder
         self.extra_info = dict(run_info or {})
         self.device = resolve_device(device, cfg)
-        self.dims = data.dims
         self.plan = loop_plan(self.train_cfg, has_val=data.val is not None)
         # The original's clamp limit: the largest training count plus 3.
         self.max_spikes = int(data.train.heldin.max().item()) + 3
         self.model = self._build_model()
-        self.objective = MaskedModelling(self.train_cfg, max_spikes=self.max_spikes,
-                                         device=self.device)
+        # The family's objective; the loop below is the same for every family.
+        self.objective = (LfadsObjective.from_config(self.cfg, device=self.device)
+                          if self.family == "lfads" else
+                          MaskedModelling(self.train_cfg, max_spikes=self.max_spikes,
+                                          device=self.device))
         self.forward_fn = self.model
         if self.train_cfg.compile and self.device.type == "cuda":
             self.forward_fn = torch.compile(self.model)
         self.optimizer = build_optimizer(
-            self.model.parameters(), self.train_cfg.optimizer, lr=self.train_cfg.lr.init,
-            weight_decay=self.train_cfg.weight_decay, eps=self.train_cfg.eps,
+            self.model.parameters(), self.train_cfg.optimizer,
+            **self.objective.optimizer_settings,
             fused=self.device.type == "cuda" and self.train_cfg.optimizer == "adamw")
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg.lr,
                                          total_epochs=self.train_cfg.num_updates)
