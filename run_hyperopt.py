@@ -50,10 +50,12 @@ def main(argv=None) -> int:
                         help="a named settings set from configs/profiles/; 'aesmte3' "
                              "reproduces the original exactly (fp32, its AdamW and lfve, "
                              "lve+lfve snapshots, masked-loss objective)")
-    parser.add_argument("--scheduler", default="fifo", choices=("fifo", "asha"),
-                        help="fifo: every trial trains to its end (AESMTE3); asha: trials "
-                             "that trail at 1/9 and 1/3 of training stop there (their "
-                             "snapshots are kept and ranked)")
+    parser.add_argument("--scheduler", default=None, choices=("fifo", "asha", "pbt"),
+                        help="fifo: every trial trains to its end (AESMTE3; the default "
+                             "unless the profile says otherwise); asha: trials that trail "
+                             "at 1/9 and 1/3 of training stop there (their snapshots are "
+                             "kept and ranked); pbt: population-based training (needs a "
+                             "profile with PBT settings: --profile autolfads)")
     parser.add_argument("--time-budget", type=positive_float, default=None, metavar="HOURS",
                         help="wall hours the experiment may take over all its runs; then "
                              "no trial starts and running ones pause at their next "

@@ -16,6 +16,8 @@ stndt` adds STNDT's attention over neurons (MODEL.SPATIAL_ATTENTION) to the same
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import resource
 import subprocess
@@ -30,7 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int, model: str = "ndt"):
+def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int, model: str = "ndt",
+                 extra=()):
     from nlb_ndt.config.defaults import load_config
     from nlb_ndt.config.render import TEMPLATE_DIR
 
@@ -41,7 +44,30 @@ def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int, model: str 
             "TRAIN.LOG_INTERVAL", 10**6, "TRAIN.CHECKPOINT_INTERVAL", 10**6]
     if model == "stndt":  # the same template and shape, with attention over neurons added
         opts += ["MODEL.SPATIAL_ATTENTION", True]
-    return load_config(TEMPLATE_DIR / f"{shape}.yaml", opts)
+    return load_config(TEMPLATE_DIR / f"{shape}.yaml", opts + list(extra))
+
+
+@contextlib.contextmanager
+def swap_ndt(path: str | None):
+    """Build NDTs from another copy of nlb_ndt/model/ndt.py (a file copied aside before a
+    change) while inside, so before and after run in one session; None: the installed."""
+    from nlb_ndt.model import factory
+
+    if path is None:
+        yield
+        return
+    name = f"ndt_variant_{abs(hash(str(Path(path).resolve())))}"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    installed, factory.NDT = factory.NDT, module.NDT
+    try:
+        yield
+    finally:
+        factory.NDT = installed
 
 
 def measure(args) -> dict:
@@ -53,13 +79,19 @@ def measure(args) -> dict:
     spec = get_spec(args.shape)
     arrays = poisson_tensors(spec, 5)
     cfg = bench_config(args.shape, plain=args.plain, amp=args.amp, epochs=args.epochs + 1,
-                       model=args.model)
+                       model=args.model, extra=args.opts)
+    torch.set_flush_denormal(args.flush_denormal)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(cfg, run_dir=tmp, device=args.device, arrays=arrays,
-                                      val_heldout_target=arrays["eval_spikes_heldout"])
+        with swap_ndt(args.ndt):
+            trainer = build_trainer(cfg, run_dir=tmp, device=args.device, arrays=arrays,
+                                    val_heldout_target=arrays["eval_spikes_heldout"])
+        if args.compile:  # the trainer compiles on CUDA only; here to time it on the CPU
+            trainer.forward_fn = torch.compile(trainer.model)
         device = trainer.device
+        t_first = time.perf_counter()
         trainer.epoch = 1  # skip the warmup epoch's lr = 0 (speed is what we measure)
         trainer.train_epoch()  # warm-up: allocator, kernels, compilation
+        first_epoch = time.perf_counter() - t_first
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -86,6 +118,9 @@ def measure(args) -> dict:
         "seconds_per_epoch": round(sec, 4), "epoch_times": [round(t, 4) for t in times],
         "trials_per_second": round(spec.n_train / sec, 1),
         "validation_seconds": round(val_seconds, 4),
+        "first_epoch_seconds": round(first_epoch, 4), "ndt_file": args.ndt or "installed",
+        "compiled": args.compile, "flush_denormal": args.flush_denormal, "opts": args.opts,
+        "loadavg_1min": float(Path("/proc/loadavg").read_text().split()[0]),
     }
     if device.type == "cuda":
         result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -106,13 +141,19 @@ def _cpu_name() -> str:
 def concurrent(args) -> dict:
     """K copies at once; each prints its own JSON line."""
     cmd = [sys.executable, __file__, "--shape", args.shape, "--device", args.device,
-           "--epochs", str(args.epochs), "--model", args.model] + \
-          (["--plain"] if args.plain else []) + ([] if args.amp else ["--no-amp"])
+           "--epochs", str(args.epochs), "--model", args.model,
+           "--threads", str(args.threads)] + \
+          (["--plain"] if args.plain else []) + ([] if args.amp else ["--no-amp"]) + \
+          (["--ndt", args.ndt] if args.ndt else []) + \
+          (["--opts", *args.opts] if args.opts else [])
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
              for _ in range(args.concurrent)]
     runs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    return {"concurrent": args.concurrent, "shape": args.shape,
-            "seconds_per_epoch_each": [r["seconds_per_epoch"] for r in runs],
+    each = [r["seconds_per_epoch"] for r in runs]
+    return {"concurrent": args.concurrent, "shape": args.shape, "threads_each": args.threads,
+            "seconds_per_epoch_each": each,
+            # K trials side by side: the epochs of all of them per second of wall time
+            "seconds_per_epoch_overall": round(1.0 / sum(1.0 / t for t in each), 4),
             "device_name": runs[0]["device_name"]}
 
 
@@ -132,6 +173,13 @@ def main(argv=None) -> int:
                         help="fp32 even where bf16 is native")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--concurrent", type=int, default=0, help="run K copies at once")
+    parser.add_argument("--ndt", default=None,
+                        help="time the NDT of this copy of nlb_ndt/model/ndt.py (A/B)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="torch.set_flush_denormal(True)")
+    parser.add_argument("--opts", nargs="*", default=[],
+                        help="extra config KEY VALUE pairs, e.g. MODEL.CONTEXT_FORWARD 8")
     args = parser.parse_args(argv)
     result = concurrent(args) if args.concurrent else measure(args)
     print(json.dumps(result))

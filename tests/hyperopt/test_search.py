@@ -205,3 +205,23 @@ def test_run_search_profile_stndt_trains_stndt_and_submits(ray_env):
     members = result.ensembles["synthetic"]["members"]
     assert {m["family"] for m in members} == {"stndt"}
     assert result.scores and result.scores[0]["co-bps"] is not None
+
+
+@pytest.mark.slow
+def test_skopt_lfads_search_runs_resumes_and_submits(ray_env):
+    """Verify an LFADS search driven by the skopt searcher (the autolfads profile with the
+    FIFO scheduler): it trains LFADS trials on the LFADS keys alone, grows by one trial when
+    run again, and the unchanged submission stage ensembles its snapshots."""
+    from nlb_ndt.stages.make_submission import make_submission
+
+    paths, temp_dir = ray_env
+    first = run_smoke_search(paths, temp_dir, samples=1, profile="autolfads", scheduler="fifo",
+                             gpus_per_trial=0)
+    second = run_smoke_search(paths, temp_dir, samples=2, profile="autolfads",
+                              scheduler="fifo", gpus_per_trial=0)
+    assert second.experiment_dir == first.experiment_dir and len(second.trials) == 2
+    for trial in second.trials:
+        cfg = load_config(Path(trial["run_dir"]) / "config.yaml")
+        assert cfg.MODEL.FAMILY == "lfads" and trial["status"] == "done"
+    result = make_submission(["synthetic"], phase="val", paths=paths, ensemble_size=1)
+    assert result.ensembles["synthetic"]["members"][0]["family"] == "lfads"

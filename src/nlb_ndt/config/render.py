@@ -143,7 +143,8 @@ def generate_configs(names: Iterable[str], out_dir: str | Path, *, overwrite: bo
 #: The shipped profiles: <name>.yaml.
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 _PROFILE_FIELDS = {"description", "config", "objective", "gpus_per_trial", "cpus_per_trial",
-                   "snapshots", "runs", "search_space"}
+                   "snapshots", "runs", "search_space", "search_space_only", "scheduler",
+                   "pbt"}
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ class Profile:
             (e.g. one attention head where a dataset's neuron count is odd).
         search_space: search-space entries (the JSON schema of nlb_ndt.config.search_space)
             added to, or replacing those of, the run's own search space.
+        search_space_only: search `search_space` alone, not the run's own space too (a
+            family whose keys the run's space does not hold).
+        scheduler: the trial scheduler ("fifo", "asha", "pbt"; None: not set).
+        pbt: population-based training's settings (perturbation_interval and burn_in in
+            epochs, explore: {searched key: weight}).
     """
 
     name: str
@@ -171,6 +177,9 @@ class Profile:
     snapshots: tuple[str, ...] = ()
     runs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     search_space: Mapping[str, Any] = field(default_factory=dict)
+    search_space_only: bool = False
+    scheduler: str | None = None
+    pbt: Mapping[str, Any] = field(default_factory=dict)
 
     def config_for(self, run: str) -> dict[str, Any]:
         """The config keys this profile sets for run `run`."""
@@ -205,4 +214,6 @@ def load_profile(name: str, profile_dir: str | Path | None = None) -> Profile:
                    gpus_per_trial=data.get("gpus_per_trial"),
                    cpus_per_trial=data.get("cpus_per_trial"),
                    snapshots=tuple(data.get("snapshots") or ()), runs=runs,
-                   search_space=space)
+                   search_space=space, search_space_only=bool(data.get("search_space_only")),
+                   scheduler=data.get("scheduler"),
+                   pbt=dict(data.get("pbt") or {}))

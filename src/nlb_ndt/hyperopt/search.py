@@ -32,7 +32,7 @@ from nlb_ndt.hyperopt import experiment as ex
 from nlb_ndt.hyperopt.budget import BudgetCallback, past, session_deadline
 from nlb_ndt.hyperopt.cluster import check_shared_storage, connect, env_vars, tune_settings
 from nlb_ndt.hyperopt.ray_compat import configure_session
-from nlb_ndt.hyperopt.schedulers import SCHEDULERS, build_scheduler
+from nlb_ndt.hyperopt.schedulers import SCHEDULERS, build_scheduler, population_space
 from nlb_ndt.hyperopt.searcher import SampleBudget, SkoptSearcher
 from nlb_ndt.hyperopt.trainable import run_trial, trial_dirname
 from nlb_ndt.paths import Paths, get_paths
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_OBJECTIVE = "best_masked_loss"
 DEFAULT_GPUS_PER_TRIAL = 0.5
 DEFAULT_CPUS_PER_TRIAL = 3.0
+#: Shared states (Tune checkpoints) each PBT trial keeps; Tune warns below 3.
+PBT_CHECKPOINTS_KEPT = 5
 
 
 @dataclass
@@ -112,7 +114,8 @@ def plan_search(name: str, *, paths: Paths, samples: int | None, seed: int,
         name = f"{name}_{bin_ms}"  # its own run: trials of different widths never mix
     if smoke_test:
         cfg = apply_overrides(cfg, ex.SMOKE_OVERRIDES)
-    dims = load_search_space(cfg.TRAIN.TUNE_HP_JSON, cfg)
+    dims = {} if profile and profile.search_space_only else \
+        load_search_space(cfg.TRAIN.TUNE_HP_JSON, cfg)
     if profile is not None and profile.search_space:
         dims.update(parse_search_space(profile.search_space, cfg,
                                        source=f"profile {profile.name}"))
@@ -144,33 +147,47 @@ def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurr
     """A new Tuner for a new experiment, or the restored one (searcher, budget, trials)."""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_cfg=plan.cfg_text,
-                             experiment_dir=str(plan.exp_dir), deadline=deadline),
+                             experiment_dir=str(plan.exp_dir), deadline=deadline,
+                             share_state=plan.scheduler == "pbt"),
         {"cpu": cpus, "gpu": gpus})
     if plan.resume:
         # Unfinished trials continue from their state.pt; finished ones are kept as they are.
         return tune.Tuner.restore(str(plan.exp_dir), trainable=trainable,
                                   resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
-    searcher = SkoptSearcher(plan.dims, metric=plan.objective, mode=plan.mode, seed=seed)
-    search_alg = SampleBudget(ray.tune.search.ConcurrencyLimiter(searcher, max_concurrent),
-                              plan.samples, str(plan.exp_dir / EXPERIMENT_INFO_FILE))
+    if plan.scheduler == "pbt":
+        # Tune's PBT refuses searchers: the population is drawn by Tune's own generator,
+        # seeded, one trial per index (so its size is fixed when the experiment starts).
+        search_alg = ray.tune.search.BasicVariantGenerator(random_state=seed,
+                                                          max_concurrent=max_concurrent)
+        param_space, num_samples = population_space(plan.dims, plan.samples, seed), 1
+    else:
+        searcher = SkoptSearcher(plan.dims, metric=plan.objective, mode=plan.mode, seed=seed)
+        search_alg = SampleBudget(ray.tune.search.ConcurrencyLimiter(searcher, max_concurrent),
+                                  plan.samples, str(plan.exp_dir / EXPERIMENT_INFO_FILE))
+        param_space, num_samples = None, plan.samples
     reporter = tune.CLIReporter(
         metric_columns={plan.objective: plan.objective, "best_val_cobps": "best co-bps",
                         "masked_loss": "masked loss", "epoch": "epoch"},
         parameter_columns={"SEED": "seed"}, sort_by_metric=True, max_report_frequency=30)
     return tune.Tuner(
-        trainable,
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, metric=plan.objective, mode=plan.mode,
             scheduler=build_scheduler(plan.scheduler, epochs=plan.epochs,
-                                      val_interval=plan.val_interval),
-            num_samples=plan.samples, trial_name_creator=trial_dirname,
+                                      val_interval=plan.val_interval, dims=plan.dims,
+                                      pbt=plan.profile.pbt if plan.profile else None,
+                                      seed=seed),
+            num_samples=num_samples, trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=plan.exp_dir.name, storage_path=str(plan.exp_dir.parent),
             # One retry (from the trial's own state.pt) for transient failures such as a
             # lost node or running out of GPU memory; then the trial is recorded as errored.
             failure_config=tune.FailureConfig(max_failures=1, fail_fast=False),
+            # PBT copies states through the checkpoints trials report (only then); a few
+            # are kept, so a trial being cloned still has the one PBT chose.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS_KEPT),
             progress_reporter=reporter, verbose=verbose))
 
 
@@ -181,7 +198,8 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
                opts: Sequence[str] = (), bin_ms: int | None = None,
                profile: str | None = None, paths: Paths | None = None,
                num_cpus: int | None = None, ray_temp_dir: str | None = None,
-               verbose: int = 1, scheduler: str = "fifo", time_budget: float | None = None,
+               verbose: int = 1, scheduler: str | None = None,
+               time_budget: float | None = None,
                reuse_actors: bool = True) -> ex.SearchSummary:
     """Run (or continue) the Bayesian search for run name `name` on Ray Tune.
 
@@ -207,7 +225,8 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         num_cpus: CPUs of a local Ray (default: all).
         ray_temp_dir: Ray's temp dir for a local Ray (keep it short: unix sockets).
         verbose: Ray Tune verbosity (0-3).
-        scheduler: "fifo" (every trial to its end) or "asha" (hyperopt.schedulers).
+        scheduler: "fifo" (every trial to its end; the default), "asha" or "pbt" (needs a
+            profile with PBT settings, e.g. autolfads); see hyperopt.schedulers.
         time_budget: hours the experiment may take over all its sessions; past it, no
             trial starts and running ones pause at their next validation, resumably
             (hyperopt.budget). None: no limit.
@@ -220,6 +239,7 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
     paths = paths or get_paths()
     chosen = load_profile(profile) if profile else None
     objective = _setting(chosen, objective, "objective", DEFAULT_OBJECTIVE)
+    scheduler = _setting(chosen, scheduler, "scheduler", "fifo")
     plan = plan_search(name, paths=paths, samples=samples, seed=seed, objective=objective,
                        smoke_test=smoke_test, fresh=fresh, opts=opts, bin_ms=bin_ms,
                        profile=chosen, scheduler=scheduler)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from ray import tune
 
+from nlb_ndt.atomic import atomic_write
 from nlb_ndt.config.defaults import apply_overrides, load_config_text
-from nlb_ndt.config.layout import SNAPSHOT_DIR, TRIAL_LOG
+from nlb_ndt.config.layout import SNAPSHOT_DIR, STATE_FILE, TRIAL_LOG
 from nlb_ndt.hyperopt.budget import PAUSED_KEY, wait_to_be_stopped
 from nlb_ndt.hyperopt.cluster import trial_run_info
 from nlb_ndt.hyperopt.searcher import TRIAL_INDEX_KEY
@@ -36,7 +40,7 @@ def _plain(value: Any) -> Any:
 
 
 def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
-              deadline: float | None = None) -> None:
+              deadline: float | None = None, share_state: bool = False) -> None:
     """Ray Tune function trainable: train one model with the suggested hyperparameters.
 
     The run folder is the trial's own folder under `experiment_dir` (Ray's
@@ -51,6 +55,9 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
         deadline: this session's time-budget deadline (`time.time()`): past it, the trial
             stops at its next validation with its state saved, reports PAUSED_KEY and
             waits for the driver to end the run (nlb_ndt.hyperopt.budget).
+        share_state: population-based training: every report carries the trial's state as
+            a Tune checkpoint, and a trial told to continue another's (an exploit) starts
+            from that state with its own, perturbed, hyperparameters.
     """
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -72,12 +79,18 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
         out["finished"] = bool(metrics.get("done", False))
         out["seed"] = int(cfg.SEED)
         reported.append(out)
-        tune.report(out)
+        if share_state and (run_dir / STATE_FILE).is_file():
+            with shared_state(run_dir, trial_id) as checkpoint:
+                tune.report(out, checkpoint=checkpoint)
+        else:
+            tune.report(out)
 
     with _trial_log(run_dir / TRIAL_LOG):
         try:
             logger.info("trial %s (seed %d, process %d) in %s", trial_id, cfg.SEED,
                         os.getpid(), run_dir)
+            if share_state:
+                take_shared_state(run_dir, trial_id)
             final = train_model(cfg, run_dir=run_dir, trial_id=trial_id, report=report,
                                 stop=StopRequest(deadline=deadline),
                                 run_info=trial_run_info(run_dir))
@@ -107,3 +120,34 @@ def _trial_log(path: Path) -> Iterator[None]:
         pkg_logger.removeHandler(handler)
         pkg_logger.setLevel(old_level)
         handler.close()
+
+
+#: What a shared state checkpoint holds besides state.pt: whose state it is.
+ORIGIN_FILE = "origin.json"
+
+
+@contextlib.contextmanager
+def shared_state(run_dir: Path, trial_id: str) -> Iterator[tune.Checkpoint]:
+    """A Tune checkpoint of the trial's state.pt (Tune copies it into the trial's folder as
+    checkpoint_<n>/, keeping the last two); the staging copy is removed afterwards."""
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".share-") as tmp:
+        shutil.copy2(run_dir / STATE_FILE, Path(tmp) / STATE_FILE)
+        (Path(tmp) / ORIGIN_FILE).write_text(json.dumps({"trial_id": trial_id}))
+        yield tune.Checkpoint.from_directory(tmp)
+
+
+def take_shared_state(run_dir: Path, trial_id: str) -> None:
+    """Start from the checkpoint Tune hands this trial when it is another trial's (a PBT
+    exploit), replacing this trial's state.pt; the trial's own checkpoints are older than
+    its state.pt, so those are left alone."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        origin = json.loads((Path(folder) / ORIGIN_FILE).read_text()).get("trial_id")
+        if origin == trial_id and (run_dir / STATE_FILE).is_file():
+            return
+        with atomic_write(run_dir / STATE_FILE) as tmp:
+            shutil.copyfile(Path(folder) / STATE_FILE, tmp)
+    logger.info("population-based training: trial %s continues from trial %s's state",
+                trial_id, origin)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["Block", "band_blocks", "banded_attention", "keep_mask"]
+__all__ = ["Block", "band_blocks", "banded_attention", "keep_mask", "rows_per_block"]
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *,
@@ -83,6 +83,12 @@ def band_blocks(mask: torch.Tensor | None, length: int, rows_per_block: int
             ~window, float("-inf"))
         blocks.append(Block(slice(t0, t1), slice(s0, s1), bias))
     return blocks
+
+
+def rows_per_block(mask: torch.Tensor | None, length: int) -> int:
+    """How many query bins a block of `band_blocks` takes."""
+    import os
+    return int(os.environ.get("NDT_RPB", length))
 
 
 def _accumulate(dst: torch.Tensor, keys: slice, value: torch.Tensor, alpha: float,

@@ -30,6 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlb_ndt.config.typed import ModelConfig, model_config
+from nlb_ndt.model.cpu_kernels import (
+    band_blocks,
+    banded_attention,
+    keep_mask,
+    rows_per_block,
+)
 
 IGNORE_INDEX = -100  # label value of elements that do not enter the loss
 
@@ -46,22 +52,18 @@ class NDTOutput(NamedTuple):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout; on CPU built from raw random bits, which is several times faster.
+    """Inverted dropout; on CPU with a float mask built from random bytes (`keep_mask`).
 
-    PyTorch's CPU dropout draws one Bernoulli sample per element and was over half of a
-    CPU training step. Here 16 random bits per element come from one 64-bit draw per
-    four elements, and an element is kept when its bits clear a threshold, so the drop
-    probability is p rounded to 1/65536. CUDA keeps PyTorch's fused kernel.
+    PyTorch's CPU dropout draws one random number per element and was over half of a CPU
+    training step; here one 64-bit draw serves 8 elements (p a multiple of 1/256) or 4
+    (p rounded to 1/65536), and the mask already holds 0 or 1/(1-p), so the forward and
+    the backward are one multiply each. CUDA keeps PyTorch's fused kernel.
     """
     if not training or p <= 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    bits = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    keep = bits >= round(p * 65536) - 32768
-    return (x * keep).mul_(1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p, dtype=x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
@@ -112,6 +114,7 @@ class BandedSelfAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
+        self._blocks, self._blocks_key = None, ()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -120,6 +123,10 @@ class BandedSelfAttention(nn.Module):
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3d)
         q, k, v = qkv.view(B, T, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, T, d/h)
         p = self.dropout if self.training else 0.0
+        if self.fast and p > 0.0 and x.device.type == "cpu" and not return_weights:
+            blocks = self._band_blocks(mask, T)
+            if blocks is not None:
+                return self.out_proj(banded_attention(qkv, h, blocks, p)), None
         weights = None
         # On CPU, fused attention with dropout falls back to an unfused kernel that is
         # slower than the explicit path with our dropout, so it is used only without it.
@@ -131,6 +138,14 @@ class BandedSelfAttention(nn.Module):
             out = weights @ v
         out = out.transpose(1, 2).reshape(B, T, d)
         return self.out_proj(out), weights
+
+    def _band_blocks(self, mask: torch.Tensor | None, length: int):
+        """The query blocks of `mask` (cpu_kernels.band_blocks), built once per mask."""
+        key = (None if mask is None else (mask.data_ptr(), tuple(mask.shape)), length)
+        if self._blocks_key != key:
+            self._blocks = band_blocks(mask, length, rows_per_block(mask, length))
+            self._blocks_key = key
+        return self._blocks
 
     def _probabilities(self, q: torch.Tensor, k: torch.Tensor,
                        mask: torch.Tensor | None) -> torch.Tensor:

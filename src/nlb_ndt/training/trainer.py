@@ -176,6 +176,17 @@ class Trainer:
         self.tracker.load_state_dict(state.get("tracker") or state["best"])
         self.history = list(state["history"])
         self.epoch, self.elapsed = int(state["epoch"]), float(state["elapsed"])
+        self._use_configured_lr()
+
+    def _use_configured_lr(self) -> None:
+        """Keep the configured learning rate over a loaded state's: they differ only when
+        population-based training continues another trial's state with a perturbed one."""
+        wanted = self.objective.optimizer_settings["lr"]
+        for i, group in enumerate(self.optimizer.param_groups):
+            base = self.scheduler.base_lrs[i]
+            if base != wanted:
+                group["lr"] = wanted * (group["lr"] / base if base else 1.0)
+                group["initial_lr"] = self.scheduler.base_lrs[i] = wanted
 
     def save_state(self) -> None:
         if self._state_epoch != self.epoch:
@@ -287,7 +298,7 @@ class Trainer:
                                             "unmasked_loss", "val_cobps")}, self.epoch)
         self.history.append(metrics)
         self.folder.write_history(self.history)
-        if kinds or done:
+        if kinds or done or self.epoch % self.plan.checkpoint_interval == 0:
             # The state first: a run killed between the two writes resumes at this epoch
             # and completes the snapshots from it (`_complete_snapshots`).
             self.save_state()
