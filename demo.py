@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -84,32 +85,109 @@ def _table(rows: list[dict]) -> str:
 DEFAULT_ENSEMBLE = ("greedy", False)
 ENSEMBLES = {"topn": ("topn", False), "greedy": ("greedy", False),
              "topn+refit": ("topn", True), "greedy+refit": ("greedy", True)}
-OBJECTIVE_LABEL = {"best_masked_loss": "masked-loss search", "best_val_cobps": "co-bps search"}
 
 
-def _method_label(method: str, refit: bool, objective: str) -> str:
-    return f"{method}{' + refit' if refit else ''}, {OBJECTIVE_LABEL[objective]}"
+@dataclass(frozen=True)
+class Search:
+    """One search of the demo: its label, the model family it trains, run_search's options,
+    and the (method, refit) ensembles reported from its own snapshots."""
+
+    label: str
+    family: str
+    options: dict = field(default_factory=dict)
+    ensembles: tuple = (DEFAULT_ENSEMBLE, ("topn", False))
 
 
-def run_demo(home: Path, *, samples: int, seed: int, concurrent: int,
-             objectives: tuple[str, ...] = ("best_masked_loss",),
-             ensembles: tuple[tuple[str, bool], ...] = (DEFAULT_ENSEMBLE, ("topn", False))
-             ) -> dict:
-    """The demo. `objectives` are the searches run and `ensembles` the (method, refit)
-    pairs reported for each; the first of each is the default, whose checks are printed."""
-    from nlb_ndt.config.render import generate_configs
-    from nlb_ndt.data import preprocess
-    from nlb_ndt.data.synthetic import generate, true_rates
+#: The default demo: AESMTE3's search (masked-loss objective) of NDTs.
+NDT_SEARCH = Search("masked-loss search", "NDT", {"objective": "best_masked_loss"})
+#: --compare: the co-bps objective, STNDT's and AutoLFADS's searches beside it.
+COMPARE_SEARCHES = (
+    Search("masked-loss search", "NDT", {"objective": "best_masked_loss"},
+           (DEFAULT_ENSEMBLE, *(e for e in ENSEMBLES.values() if e != DEFAULT_ENSEMBLE))),
+    Search("co-bps search", "NDT", {"objective": "best_val_cobps"}),
+    Search("STNDT search", "STNDT", {"profile": "stndt"}),
+    Search("AutoLFADS search", "LFADS", {"profile": "autolfads"}),
+)
+
+
+def _search_ensembles(search: Search, experiment: str, rows: list, *, paths, out_dir: Path,
+                      first: bool) -> list:
+    """The best single model and each ensemble of one search's snapshots, on both phases;
+    returns the files worth showing (the default ensemble's, for the first search)."""
+    from nlb_ndt.data.synthetic import true_rates
     from nlb_ndt.datasets import PHASES, get_spec
-    from nlb_ndt.hyperopt import run_search
-    from nlb_ndt.paths import get_paths
-    from nlb_ndt.scoring.baselines import smoothing_rates
     from nlb_ndt.scoring.evalai_file import read_submission
     from nlb_ndt.scoring.plots import plot_rates_vs_truth
     from nlb_ndt.stages.make_submission import make_submission
 
+    group, files, tag = get_spec(DATASET).group(BIN_MS), [], experiment
+    for phase in PHASES:
+        single = make_submission([NAME], phase=phase, ensemble_size=1, overwrite=True,
+                                 out=out_dir / f"best-single.{tag}-{phase}.h5",
+                                 experiments=[experiment], paths=paths)
+        _add(rows, phase, f"best single {search.family}", search.label, single.scores[0])
+    for method, refit in search.ensembles:
+        for phase in ("test",) if refit else PHASES:
+            started = time.perf_counter()
+            label = f"{method}{'-refit' if refit else ''}.{tag}"
+            result = make_submission([NAME], phase=phase, ensemble_method=method, refit=refit,
+                                     overwrite=True, experiments=[experiment],
+                                     out=out_dir / f"{label}-{phase}.h5", paths=paths)
+            ens = result.ensembles[NAME]
+            _add(rows, phase, f"{search.family} ensemble (N={ens['chosen_n']}, "
+                 f"{ens['distinct_members']} distinct)", _method_label(method, refit, search),
+                 result.scores[0], seconds=round(time.perf_counter() - started, 1))
+            if first and (method, refit) == search.ensembles[0]:
+                true = true_rates(paths.data_raw, DATASET, phase=phase, bin_ms=BIN_MS)
+                files.append(plot_rates_vs_truth(
+                    read_submission(result.path)[group], true,
+                    result.path.with_name(f"{result.path.stem}.rates.{group}.png"),
+                    bin_ms=BIN_MS, title=f"{NAME} ({phase}): {method} ensemble of "
+                    f"{ens['chosen_n']} vs true rates, eval trial 0"))
+                files += [result.path, *result.figures]
+    return files
+
+
+def _mixed_ensemble(experiments: list[str], rows: list, *, paths, out_dir: Path) -> None:
+    """Greedy selection over every search's snapshots together (each with its own
+    settings): the cross-family ensemble."""
+    from nlb_ndt.datasets import PHASES
+    from nlb_ndt.stages.make_submission import make_submission
+
+    for phase in PHASES:
+        result = make_submission([NAME], phase=phase, ensemble_method="greedy",
+                                 overwrite=True, experiments=experiments,
+                                 combine_experiments=True,
+                                 out=out_dir / f"greedy-mixed-{phase}.h5", paths=paths)
+        ens = result.ensembles[NAME]
+        families = sorted({m["family"] for m in ens["members"]})
+        _add(rows, phase, f"mixed ensemble (N={ens['chosen_n']}, {'+'.join(families)})",
+             "greedy, every search", result.scores[0])
+
+
+def _add(rows: list, phase: str, model: str, method: str, scores: dict, **extra) -> None:
+    rows.append({"phase": phase, "model": model, "method": method,
+                 **{m: scores.get(m) for m in COLUMNS}, **extra})
+
+
+def _method_label(method: str, refit: bool, search: Search) -> str:
+    return f"{method}{' + refit' if refit else ''}, {search.label}"
+
+
+def run_demo(home: Path, *, samples: int, seed: int, concurrent: int,
+             searches: tuple[Search, ...] = (NDT_SEARCH,), minutes: float | None = None,
+             scheduler: str | None = None) -> dict:
+    """The demo. Each of `searches` is run (within `minutes` each, if given) and its
+    ensembles reported; with several, the cross-family greedy ensemble too. The first
+    search's first ensemble is the default, whose checks are printed."""
+    from nlb_ndt.config.render import generate_configs
+    from nlb_ndt.data import preprocess
+    from nlb_ndt.data.synthetic import generate
+    from nlb_ndt.datasets import PHASES
+    from nlb_ndt.hyperopt import run_search
+    from nlb_ndt.paths import get_paths
+
     paths = get_paths()
-    group = get_spec(DATASET).group(BIN_MS)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -125,85 +203,81 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int,
 
     out_dir = paths.submissions_dir / NAME
     rows: list[dict] = []
-    searches, files = {}, []
-
-    def add(phase: str, model: str, method: str, scores: dict, **extra) -> None:
-        rows.append({"phase": phase, "model": model, "method": method,
-                     **{m: scores.get(m) for m in COLUMNS}, **extra})
-
-    for objective in objectives:
+    done, files = [], []
+    for index, search in enumerate(searches):
+        options = dict(search.options)
+        if scheduler and search.family != "LFADS":  # AutoLFADS keeps its PBT
+            options["scheduler"] = scheduler
         with tempfile.TemporaryDirectory(prefix="ray_", dir="/tmp") as ray_tmp:
-            search = run_search(NAME, samples=samples, seed=seed, objective=objective,
-                                gpus_per_trial=0, cpus_per_trial=1, max_concurrent=concurrent,
-                                paths=paths, num_cpus=concurrent, ray_temp_dir=ray_tmp,
-                                verbose=1)
-        searches[objective] = search
-        lap(f"search ({objective})")
-        only = [search.experiment_dir.name]  # each objective's ensembles from its own search
-        tag = "" if objective == objectives[0] else "-cobps"
-        for phase in PHASES:
-            single = make_submission([NAME], phase=phase, ensemble_size=1, overwrite=True,
-                                     out=out_dir / f"best-single{tag}-{phase}.h5",
-                                     experiments=only, paths=paths)
-            add(phase, "best single NDT", OBJECTIVE_LABEL[objective], single.scores[0])
-        for method, refit in ensembles:
-            for phase in ("test",) if refit else PHASES:
-                started = time.perf_counter()
-                label = f"{method}{'-refit' if refit else ''}{tag}"
-                result = make_submission([NAME], phase=phase, ensemble_method=method,
-                                         refit=refit, overwrite=True, experiments=only,
-                                         out=out_dir / f"{label}-{phase}.h5", paths=paths)
-                ens = result.ensembles[NAME]
-                add(phase, f"NDT ensemble (N={ens['chosen_n']}, {ens['distinct_members']} "
-                    "distinct)", _method_label(method, refit, objective), result.scores[0],
-                    seconds=round(time.perf_counter() - started, 1))
-                if (method, refit) == ensembles[0] and objective == objectives[0]:
-                    true = true_rates(paths.data_raw, DATASET, phase=phase, bin_ms=BIN_MS)
-                    files.append(plot_rates_vs_truth(
-                        read_submission(result.path)[group], true,
-                        result.path.with_name(f"{result.path.stem}.rates.{group}.png"),
-                        bin_ms=BIN_MS, title=f"{NAME} ({phase}): {method} ensemble of "
-                        f"{ens['chosen_n']} vs true rates, eval trial 0"))
-                    files += [result.path, *result.figures]
-        lap(f"ranking and submissions ({objective})")
+            result = run_search(NAME, samples=samples, seed=seed, gpus_per_trial=0,
+                                cpus_per_trial=1, max_concurrent=concurrent, paths=paths,
+                                num_cpus=concurrent, ray_temp_dir=ray_tmp, verbose=1,
+                                time_budget=minutes / 60 if minutes else None, **options)
+        done.append(result)
+        lap(f"search ({search.label})")
+        files += _search_ensembles(search, result.experiment_dir.name, rows, paths=paths,
+                                   out_dir=out_dir, first=index == 0)
+        lap(f"ranking and submissions ({search.label})")
+    if len(searches) > 1:
+        _mixed_ensemble([r.experiment_dir.name for r in done], rows, paths=paths,
+                        out_dir=out_dir)
+        lap("mixed ensemble")
+    _baselines(rows, paths=paths)
+    lap("baselines")
+    return _report(home, rows, searches[0], done[0], seed=seed, timings=timings,
+                   files=files, out_dir=out_dir)
 
+
+def _baselines(rows: list, *, paths) -> None:
+    """The spike-smoothing baseline and the true rates, scored like every model."""
+    from nlb_ndt.data import preprocess
+    from nlb_ndt.data.synthetic import true_rates
+    from nlb_ndt.datasets import get_spec
+    from nlb_ndt.scoring.baselines import smoothing_rates
+
+    group = get_spec(DATASET).group(BIN_MS)
     targets = {"val": str(preprocess.target_path(DATASET, bin_ms=BIN_MS, paths=paths)),
                "test": str(paths.eval_data_test)}
     for phase, target in targets.items():
         tensors = preprocess.load_tensors(DATASET, phase=phase, bin_ms=BIN_MS, paths=paths)
-        add(phase, "smoothing baseline", "-",
-            _score(target, smoothing_rates(tensors, bin_ms=BIN_MS), group))
-        add(phase, "true rates", "-",
-            _score(target, true_rates(paths.data_raw, DATASET, phase=phase, bin_ms=BIN_MS),
-                   group))
-    lap("baselines")
+        _add(rows, phase, "smoothing baseline", "-",
+             _score(target, smoothing_rates(tensors, bin_ms=BIN_MS), group))
+        _add(rows, phase, "true rates", "-",
+             _score(target, true_rates(paths.data_raw, DATASET, phase=phase, bin_ms=BIN_MS),
+                    group))
+
+
+def _report(home: Path, rows: list, first: Search, search, *, seed: int, timings: dict,
+            files: list, out_dir: Path) -> dict:
+    """The checks of the default ensemble, summary.json and the printed table."""
+    from nlb_ndt.datasets import PHASES
 
     def cobps(phase: str, model: str, method: str) -> float:
         (row,) = [r for r in rows if r["phase"] == phase and r["model"].startswith(model)
                   and r["method"] == method]
         return row["co-bps"]
 
-    default = _method_label(*ensembles[0], objectives[0])
-    topn = _method_label("topn", False, objectives[0])
-    search_label = OBJECTIVE_LABEL[objectives[0]]
+    default = _method_label(*first.ensembles[0], first)
+    topn = _method_label("topn", False, first)
     truth = {p: cobps(p, "true rates", "-") for p in PHASES}
-    phases = ("test",) if ensembles[0][1] else PHASES  # a refit has test rows only
-    first = phases[0]
+    phases = ("test",) if first.ensembles[0][1] else PHASES  # a refit has test rows only
+    model = f"{first.family} ensemble"
     checks = {
-        f"ensemble > best single > smoothing ({first} co-bps)": bool(
-            cobps(first, "NDT ensemble", default) > cobps(first, "best single NDT", search_label)
-            > cobps(first, "smoothing baseline", "-")),
+        f"ensemble > best single > smoothing ({phases[0]} co-bps)": bool(
+            cobps(phases[0], model, default)
+            > cobps(phases[0], f"best single {first.family}", first.label)
+            > cobps(phases[0], "smoothing baseline", "-")),
         "default ensemble >= 0.7 x true rates (test co-bps)": bool(
-            cobps("test", "NDT ensemble", default) >= 0.7 * truth["test"]),
+            cobps("test", model, default) >= 0.7 * truth["test"]),
     }
-    if default != topn and ("topn", False) in ensembles:
+    if default != topn and ("topn", False) in first.ensembles:
         checks["default ensemble > top-N (test co-bps)"] = bool(
-            cobps("test", "NDT ensemble", default) > cobps("test", "NDT ensemble", topn))
-    ratios = {p: round(cobps(p, "NDT ensemble", default) / truth[p], 3) for p in phases}
-    main_search = searches[objectives[0]]
+            cobps("test", model, default) > cobps("test", model, topn))
+    ratios = {p: round(cobps(p, model, default) / truth[p], 3) for p in phases}
     summary = {
         "dataset": f"synthetic {DATASET}-shaped, {BIN_MS} ms bins", "seed": seed,
-        "trials": len(main_search.trials), "experiment": str(main_search.experiment_dir),
+        "trials": len(search.trials), "experiment": str(search.experiment_dir),
+        "trial_epochs": sum(int(t["epoch"] or 0) for t in search.trials),
         "default": default, "rows": rows, "ensemble_over_truth": ratios,
         "checks": checks, "seconds": timings, "total_seconds": round(sum(timings.values()), 1),
         "files": sorted({str(f) for f in files}),
@@ -219,7 +293,7 @@ def run_demo(home: Path, *, samples: int, seed: int, concurrent: int,
 
 
 def main(argv=None) -> int:
-    from nlb_ndt.cli import make_parser, positive_int, run
+    from nlb_ndt.cli import make_parser, positive_float, positive_int, run
 
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--home", default=str(ROOT / "demo_output"),
@@ -228,20 +302,22 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrent", type=positive_int, default=2, help="trials at once")
     parser.add_argument("--seed", type=int, default=0, help="data, search and trial seed")
     parser.add_argument("--compare", action="store_true",
-                        help="also run the co-bps-objective search and report every ensemble "
-                             "method, with and without --refit (slower: about 3x)")
+                        help="also run the co-bps-objective, STNDT and AutoLFADS searches, "
+                             "report every ensemble method (refits for the first search) "
+                             "and the cross-family greedy ensemble (slow: about 5x)")
+    parser.add_argument("--minutes", type=positive_float, default=None,
+                        help="time budget of each search, in minutes (run_hyperopt.py "
+                             "--time-budget): running it again with more continues")
+    parser.add_argument("--scheduler", default=None, choices=("fifo", "asha"),
+                        help="trial scheduler of the NDT searches (default: fifo)")
 
     def body(args) -> int:
         home = Path(args.home).resolve()
         _set_aside_stale(home)
         _isolate(home)
-        if args.compare:
-            kw = {"objectives": ("best_masked_loss", "best_val_cobps"),
-                  "ensembles": (DEFAULT_ENSEMBLE, *(e for e in ENSEMBLES.values()
-                                                    if e != DEFAULT_ENSEMBLE))}
-        else:
-            kw = {}
-        run_demo(home, samples=args.samples, seed=args.seed, concurrent=args.concurrent, **kw)
+        run_demo(home, samples=args.samples, seed=args.seed, concurrent=args.concurrent,
+                 searches=COMPARE_SEARCHES if args.compare else (NDT_SEARCH,),
+                 minutes=args.minutes, scheduler=args.scheduler)
         return 0
 
     return run(parser, body, argv)

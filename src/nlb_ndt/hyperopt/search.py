@@ -219,19 +219,15 @@ def run_search(name: str, *, samples: int | None = None, seed: int = 42,
         fresh: start a new experiment next to the newest one instead of continuing it.
         opts: extra config overrides ["KEY", "VALUE", ...] (not for searched keys).
         bin_ms: train at this bin width; another width is the run "<name>_<bin_ms>".
-        profile: a named settings overlay (configs/profiles/<profile>.yaml, e.g.
-            "aesmte3"); explicit arguments still win over it.
+        profile: a named settings overlay (configs/profiles/: aesmte3, stndt, autolfads);
+            explicit arguments win over it.
         paths: `nlb_ndt.paths.Paths` (default: from the environment).
         num_cpus: CPUs of a local Ray (default: all).
         ray_temp_dir: Ray's temp dir for a local Ray (keep it short: unix sockets).
         verbose: Ray Tune verbosity (0-3).
-        scheduler: "fifo" (every trial to its end; the default), "asha" or "pbt" (needs a
-            profile with PBT settings, e.g. autolfads); see hyperopt.schedulers.
-        time_budget: hours the experiment may take over all its sessions; past it, no
-            trial starts and running ones pause at their next validation, resumably
-            (hyperopt.budget). None: no limit.
-        reuse_actors: run trial after trial in the same worker processes (no start-up cost
-            per trial; each trial still starts from its own seed).
+        scheduler: "fifo" (the default), "asha" or "pbt" (hyperopt.schedulers).
+        time_budget: hours the experiment may take over all its sessions (hyperopt.budget).
+        reuse_actors: run trial after trial in the same worker processes.
 
     Returns:
         A SearchSummary of every trial of the experiment.

@@ -63,12 +63,7 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
     trial_id = ctx.get_trial_id()
     run_dir = Path(experiment_dir) / Path(ctx.get_trial_dir()).name
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX_KEY}
-    # Snapshots go into the trial's own folder (the rendered config's CHECKPOINT_DIR is
-    # for single runs), as the original's trainable did; relative to run_dir.
-    overrides["CHECKPOINT_DIR"] = f"{SNAPSHOT_DIR}/"
-    cfg = apply_overrides(load_config_text(base_cfg), overrides)
-    cfg.freeze()
+    cfg = trial_config(config, base_cfg)
 
     reported = []
 
@@ -102,6 +97,17 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
         except Exception:
             logger.exception("trial %s failed", trial_id)
             raise
+
+
+def trial_config(config: dict, base_cfg: str):
+    """The frozen config of a trial: the experiment's with the suggestion merged in."""
+    overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX_KEY}
+    # Snapshots go into the trial's own folder (the rendered config's CHECKPOINT_DIR is
+    # for single runs), as the original's trainable did; relative to run_dir.
+    overrides["CHECKPOINT_DIR"] = f"{SNAPSHOT_DIR}/"
+    cfg = apply_overrides(load_config_text(base_cfg), overrides)
+    cfg.freeze()
+    return cfg
 
 
 @contextlib.contextmanager

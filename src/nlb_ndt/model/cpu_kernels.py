@@ -105,9 +105,10 @@ def _accumulate(dst: torch.Tensor, keys: slice, value: torch.Tensor, alpha: floa
 class _BandedAttention(torch.autograd.Function):
     """softmax(QK^T / sqrt(dh) + mask) with dropout, times V, per head and block.
 
-    The dropout mask is kept 0/1 and its 1/(1-p) is applied to the (B, tq, dh) products,
-    where the copy into the output or the gradient happens anyway. Saved per block: the
-    probabilities, the mask and their product (the next GEMM's operand).
+    The scores' 1/sqrt(dh) is the GEMM's alpha; the dropout mask is kept 0/1 and its
+    1/(1-p) is applied to the (B, tq, dh) products, where the copy into the output or the
+    gradient happens anyway. Saved per block: the probabilities, their product with the
+    mask (the next GEMM's operand) and the mask.
     """
 
     @staticmethod
@@ -116,20 +117,22 @@ class _BandedAttention(torch.autograd.Function):
         dh = d // heads
         keep = 1.0 / (1.0 - p)
         out = qkv.new_empty(B, T, d)
+        unused = qkv.new_empty(())  # baddbmm's input at beta=0: the GEMM alone, scaled
         saved = []
         for h in range(heads):
-            cols = slice(h * dh, (h + 1) * dh)
-            qs = qkv[..., cols] * dh ** -0.5  # scaled once here instead of every score
-            k, v = qkv[..., d:][..., cols], qkv[..., 2 * d:][..., cols]
-            saved.append(qs)
+            q, k, v = (qkv[..., i * d + h * dh:i * d + (h + 1) * dh] for i in range(3))
             for blk in blocks:
-                prob = torch.bmm(qs[:, blk.rows], k[:, blk.keys].transpose(1, 2))
-                if blk.bias is not None:
-                    prob.add_(blk.bias)
-                prob = torch.softmax(prob, dim=-1, out=prob)
-                mask = keep_mask(prob.shape, p, dtype=prob.dtype) if p > 0 else None
+                shape = (B, blk.rows.stop - blk.rows.start, blk.keys.stop - blk.keys.start)
+                bias = unused if blk.bias is None else blk.bias
+                scores = torch.baddbmm(bias.expand(shape), q[:, blk.rows],
+                                       k[:, blk.keys].transpose(1, 2),
+                                       beta=0.0 if blk.bias is None else 1.0, alpha=dh ** -0.5)
+                prob = torch.softmax(scores, dim=-1)
+                del scores  # its memory serves the next allocation
+                mask = keep_mask(shape, p, dtype=prob.dtype) if p > 0 else None
                 kept = prob if mask is None else prob * mask
-                torch.mul(torch.bmm(kept, v[:, blk.keys]), keep, out=out[:, blk.rows, cols])
+                torch.mul(torch.bmm(kept, v[:, blk.keys]), keep,
+                          out=out[:, blk.rows, h * dh:(h + 1) * dh])
                 saved += [prob, kept] if mask is None else [prob, kept, mask]
         ctx.save_for_backward(qkv, *saved)
         ctx.heads, ctx.blocks, ctx.p = heads, blocks, p
@@ -141,13 +144,13 @@ class _BandedAttention(torch.autograd.Function):
         qkv, *saved = ctx.saved_tensors
         d = qkv.shape[2] // 3
         dh = d // ctx.heads
-        keep = 1.0 / (1.0 - ctx.p)
+        keep, scale = 1.0 / (1.0 - ctx.p), dh ** -0.5
         dqkv = torch.empty_like(qkv)
         dq_all, dk_all, dv_all = dqkv[..., :d], dqkv[..., d:2 * d], dqkv[..., 2 * d:]
         items = iter(saved)
         for h in range(ctx.heads):
             cols = slice(h * dh, (h + 1) * dh)
-            qs, k, v = next(items), qkv[..., d:][..., cols], qkv[..., 2 * d:][..., cols]
+            q, k, v = (qkv[..., i * d + h * dh:i * d + (h + 1) * dh] for i in range(3))
             covered = 0
             for blk in ctx.blocks:
                 prob, kept = next(items), next(items)
@@ -157,10 +160,11 @@ class _BandedAttention(torch.autograd.Function):
                 if ctx.p > 0:
                     dkept.mul_(next(items))
                 ds = torch._softmax_backward_data(dkept, prob, -1, prob.dtype)
-                torch.mul(torch.bmm(ds, k[:, blk.keys]), keep * dh ** -0.5,
+                del dkept
+                torch.mul(torch.bmm(ds, k[:, blk.keys]), keep * scale,
                           out=dq_all[:, blk.rows, cols])
-                dk = torch.bmm(ds.transpose(1, 2), qs[:, blk.rows])
-                _accumulate(dk_all[..., cols], blk.keys, dk, keep, covered)
+                dk = torch.bmm(ds.transpose(1, 2), q[:, blk.rows])
+                _accumulate(dk_all[..., cols], blk.keys, dk, keep * scale, covered)
                 _accumulate(dv_all[..., cols], blk.keys, dv, keep, covered)
                 covered = blk.keys.stop
         return dqkv, None, None, None
