@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nlb_ndt.paths import PATH_VARIABLES, get_paths
+from nlb_ndt.paths import PATH_VARIABLES, UNUSED_VARIABLES, get_paths
 
 DEFAULTS = {
     "data_raw": "raw",
-    "cache_dir": "processed",
     "ndt_cache_dir": "neural-data-transformer",
     "ray_tune_home": "ray_results/neural-data-transformer",
     "checkpoint_dir": "checkpoints",
@@ -45,7 +44,7 @@ def test_variables_override_and_expand(tmp_path, monkeypatch):
     assert paths.data_raw == tmp_path.resolve() / "w" / "raw"
     assert paths.checkpoint_dir == (Path.home() / "ck").resolve()
     assert paths.config_dir == tmp_path.resolve() / "rel" / "cfg"
-    assert paths.cache_dir == tmp_path.resolve() / "h" / "processed"  # untouched
+    assert paths.ndt_cache_dir == tmp_path.resolve() / "h" / "neural-data-transformer"
 
 
 def test_process_environment_is_the_default_source(tmp_path, monkeypatch):
@@ -60,9 +59,18 @@ def test_process_environment_is_the_default_source(tmp_path, monkeypatch):
 
 
 def test_as_env_round_trips_and_names_every_variable(tmp_path):
-    """Verify that as_env() names exactly PATH_VARIABLES and reproduces the same Paths."""
+    """Verify that as_env() names every used variable of PATH_VARIABLES and reproduces the
+    same Paths."""
     paths = get_paths({"NLB_HOME": str(tmp_path), "NDT_CACHE_DIR": str(tmp_path / "x")})
     env = paths.as_env()
-    assert tuple(env) == PATH_VARIABLES
+    assert tuple(env) == tuple(v for v in PATH_VARIABLES if v not in UNUSED_VARIABLES)
     assert env["NDT_CACHE_DIR"] == str(tmp_path.resolve() / "x")
     assert get_paths(env) == paths
+
+
+def test_the_originals_unused_cache_variable_is_accepted_and_cleared(tmp_path):
+    """Verify that NLB_CACHE_DIR (the original's nlb_tools cache, unused here) changes no
+    path and is among the variables an isolated run clears."""
+    base = get_paths({"NLB_HOME": str(tmp_path)})
+    assert get_paths({"NLB_HOME": str(tmp_path), "NLB_CACHE_DIR": "/elsewhere"}) == base
+    assert set(UNUSED_VARIABLES) <= set(PATH_VARIABLES)

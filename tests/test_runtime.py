@@ -63,3 +63,20 @@ def test_seed_everything_repeats_python_numpy_and_torch_draws():
     assert draws() == first
     seed_everything(6)
     assert draws() != first
+
+
+def test_cpu_bf16_detection_can_be_overridden(monkeypatch):
+    """Verify that NLB_CPU_BF16=0 / 1 decides for the CPU (to reproduce a CPU without bf16)
+    and that anything else leaves it to the CPU's flags."""
+    import torch
+
+    from nlb_ndt.runtime import bf16_native
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("NLB_CPU_BF16", "0")
+    assert bf16_native(cpu) is False
+    monkeypatch.setenv("NLB_CPU_BF16", "1")
+    assert bf16_native(cpu) is True
+    monkeypatch.setenv("NLB_CPU_BF16", "auto")
+    flags = open("/proc/cpuinfo").read()
+    assert bf16_native(cpu) == ("avx512_bf16" in flags or "amx_bf16" in flags)

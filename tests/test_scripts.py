@@ -3,8 +3,9 @@
 Every script runs here as a subprocess (`sys.executable script.py ...`) from the repository
 root, with every path variable pointed at a temporary NLB_HOME and every download endpoint
 at the local fake server (tests/fake_services.py), so nothing here reaches the network.
-Full runs of run_hyperopt.py and make_submission.py live in test_hyperopt.py and
-test_ranking.py (and the demo); here they get `--help` and their first-run error.
+Full runs of run_hyperopt.py and make_submission.py live in hyperopt/test_search.py and
+stages/test_make_submission.py (and the demo); here they get `--help` and their first-run
+error.
 
 The README test keeps README.md honest: every `python ...` or `make ...` line in its bash
 blocks must name a script or make target listed in COVERED (kept in sync by hand), every
@@ -41,20 +42,24 @@ UNREACHABLE = "http://127.0.0.1:9"  # the discard port: a stray request fails at
 #: make targets run in CI (`make test`); the demo's run is `make demo` itself.
 COVERED = {
     "demo.py": "--help here; the full run is `make demo`",
-    "download_data.py": "--help and --dry-run here; downloads in test_download.py",
-    "download_checkpoints.py": "--help and --dry-run here; test_download.py",
-    "generate_all_configs.py": "here (write, keep an edit, --overwrite); test_templates.py",
-    "train.py": "--help here; runs in test_single_run.py (the loop in test_train.py)",
+    "download_data.py": "--help and --dry-run here; downloads in data/download/test_sources.py",
+    "download_checkpoints.py": "--help and --dry-run here; data/download/test_sources.py",
+    "generate_all_configs.py": "here (write, keep an edit, --overwrite); config/test_render.py",
+    "train.py": "--help here; runs in stages/test_train_one.py (the loop: test_trainer.py)",
     "run_hyperopt.py": "--help, first-run and argument errors here; searches in "
-                       "test_hyperopt.py (--profile too), --address in test_cluster.py",
-    "make_submission.py": "--help and first-run error here; test_submit.py (greedy, "
-                          "--snapshots), test_refit.py (--refit), demo",
-    "validate_test_submission.py": "--help here; runs in test_validate.py",
+                       "hyperopt/test_search.py (--profile too), --address in "
+                       "hyperopt/test_cluster.py",
+    "make_submission.py": "--help and first-run error here; "
+                          "stages/test_make_submission.py (greedy, --snapshots), "
+                          "stages/test_refit.py (--refit), demo",
+    "validate_test_submission.py": "--help here; runs in stages/test_validate_release.py",
     "bench/train_speed.py": "--help here; its runs are the benchmark (bench/RESULTS.md)",
     "bench/validate_memory.py": "--help here; its run is the benchmark (bench/RESULTS.md)",
     "bench/demo_ceiling.py": "--help here; run after `make demo` (approach.md)",
     "bench/snapshot_optimism.py": "--help here; run after `make demo` (approach.md)",
-    "-m nlb_ndt.synthetic": "--help here; runs in test_synthetic.py",
+    "bench/trial_startup.py": "--help here; its run is the benchmark (bench/RESULTS.md)",
+    "bench/state_write_cost.py": "--help here; its run is the benchmark (bench/RESULTS.md)",
+    "-m nlb_ndt.synthetic": "--help here; runs in data/test_synthetic.py",
     "-m pytest": "`make test`",
 }
 #: The commands whose `--help` is checked (every COVERED entry that has one of ours).
@@ -84,6 +89,8 @@ STABLE_OPTIONS = {
     "bench/validate_memory.py": ("--keep", "--device"),
     "bench/demo_ceiling.py": ("--home",),
     "bench/snapshot_optimism.py": ("--home", "--name"),
+    "bench/trial_startup.py": ("--trials", "--home"),
+    "bench/state_write_cost.py": ("--shape", "--writes", "--device"),
     "-m nlb_ndt.synthetic": ("--out", "--like", "--seed"),
 }
 

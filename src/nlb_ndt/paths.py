@@ -15,15 +15,17 @@ from typing import Mapping
 # (attribute, variable, default relative to NLB_HOME)
 _LAYOUT = (
     ("data_raw", "NLB_DATA_RAW", "raw"),
-    ("cache_dir", "NLB_CACHE_DIR", "processed"),
     ("ndt_cache_dir", "NDT_CACHE_DIR", "neural-data-transformer"),
     ("ray_tune_home", "RAY_TUNE_HOME", "ray_results/neural-data-transformer"),
     ("checkpoint_dir", "CHECKPOINT_DIR", "checkpoints"),
     ("config_dir", "CONFIG_DIR", "configs"),
     ("submission_validation_root", "SUBMISSION_VALIDATION_ROOT", "submission-validation"),
 )
+#: The original's variables that name a folder nothing here uses (its nlb_tools cache):
+#: accepted, ignored, and cleared with the others.
+UNUSED_VARIABLES = ("NLB_CACHE_DIR",)
 #: Every variable that moves a directory: clear them all to isolate a run under NLB_HOME.
-PATH_VARIABLES = ("NLB_HOME", *(var for _, var, _ in _LAYOUT))
+PATH_VARIABLES = ("NLB_HOME", *(var for _, var, _ in _LAYOUT), *UNUSED_VARIABLES)
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,6 @@ class Paths:
 
     nlb_home: Path
     data_raw: Path
-    cache_dir: Path
     ndt_cache_dir: Path
     ray_tune_home: Path
     checkpoint_dir: Path

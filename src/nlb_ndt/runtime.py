@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
 import platform
 import random
 from pathlib import Path
@@ -63,7 +64,9 @@ def bf16_native(device: torch.device) -> bool:
 
     CUDA: compute capability 8.0 or newer (A100, H100, ...). `is_bf16_supported()` alone
     also says yes on a V100 or T4, where bf16 is only emulated, slower than fp32 and less
-    exact. CPU: AVX512-BF16 or AMX (e.g. AMD Zen 4, Intel Sapphire Rapids).
+    exact. CPU: AVX512-BF16 or AMX (e.g. AMD Zen 4, Intel Sapphire Rapids), unless
+    NLB_CPU_BF16 says otherwise ("0": train in fp32 as a CPU without bf16 does; "1": use
+    bf16 anyway).
     """
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -71,6 +74,9 @@ def bf16_native(device: torch.device) -> bool:
         major, _ = torch.cuda.get_device_capability(device)
         return major >= 8
     if device.type == "cpu":
+        override = os.environ.get("NLB_CPU_BF16", "").strip()
+        if override in ("0", "1"):
+            return override == "1"
         try:
             flags = Path("/proc/cpuinfo").read_text()
         except OSError:

@@ -188,7 +188,7 @@ def read_trial_histories(trial_dirs: Iterable[str | Path]) -> list[dict]:
     Start order is the modification time of the trial's config.yaml (written once, when
     the trial starts). Trials without a readable metrics.csv are skipped.
     """
-    import pandas as pd  # heavy; only the plots and the stages need this reader
+    import pandas as pd  # slow to import, and trials (which import this module) never read
 
     out = []
     for trial_dir in trial_dirs:

@@ -53,9 +53,7 @@ EVAL_DATA_SIZE = 105_927_616  # bytes
 #: AE Studio's released AESMTE3 checkpoints.
 CHECKPOINT_RECORD_ID = "5875246"
 CHECKPOINT_FILE = "ae-nlb-2021-model-checkpoints.zip"
-#: Marks a dandiset folder written by nlb_ndt.synthetic; real data must not mix with it.
-# Small enough for a live progress bar and a short loss on a dropped connection,
-# large enough that per-chunk Python overhead is negligible.
+
 
 def dandi_api_url() -> str:
     """Base URL of the DANDI REST API (NLB_DANDI_API_URL)."""
