@@ -3,7 +3,8 @@
     cp src/nlb_ndt/model/ndt.py /tmp/ndt_before.py      # before a change
     python bench/step_ab.py --variant before=/tmp/ndt_before.py --variant after=current
 
-Each variant is an ndt.py file ("current" is the installed one). Every variant gets its own
+Each variant is an ndt.py file ("current" is the installed one), optionally followed by
+":flush" to run it with torch.set_flush_denormal(True). Every variant gets its own
 trainer on the same data and weights (bench/train_speed.py's config for --shape, with
 --trials training trials, so one timed unit is a few real `train_epoch` batches), and the
 variants take turns, in ABBA order, --reps times. On a machine shared with other jobs the
@@ -41,11 +42,13 @@ def build(variant: str, args, arrays, tmp: str):
     return trainer
 
 
-def timed_epoch(trainer) -> tuple[float, int]:
+def timed_epoch(trainer) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds of this process (all its threads) and page faults."""
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train_epoch()
-    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return (time.perf_counter() - t0, time.process_time() - c0,
+            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def main(argv=None) -> int:
@@ -72,22 +75,28 @@ def main(argv=None) -> int:
         arrays[key] = arrays[key][: args.trials]
     names = [v.split("=", 1)[0] for v in args.variant]
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = [build(v.split("=", 1)[1], args, arrays, f"{tmp}/{i}")
-                    for i, v in enumerate(args.variant)]
-        for trainer in trainers:  # warm-up: allocator, first-call costs
+        paths = [v.split("=", 1)[1] for v in args.variant]
+        flush = [p.endswith(":flush") for p in paths]
+        trainers = [build(p.removesuffix(":flush"), args, arrays, f"{tmp}/{i}")
+                    for i, p in enumerate(paths)]
+        for trainer, flushed in zip(trainers, flush):  # warm-up: allocator, first calls
+            torch.set_flush_denormal(flushed)
             trainer.train_epoch()
         times = {n: [] for n in names}
+        cpu = {n: [] for n in names}
         faults = {n: [] for n in names}
         loads = []
         batches = -(-args.trials // trainers[0].train_cfg.batch_size)
         for r in range(args.reps):
             order = list(range(len(names)))
             for i in order if r % 2 == 0 else order[::-1]:
-                seconds, fault_count = timed_epoch(trainers[i])
+                torch.set_flush_denormal(flush[i])
+                seconds, cpu_seconds, fault_count = timed_epoch(trainers[i])
                 times[names[i]].append(seconds / batches)
+                cpu[names[i]].append(cpu_seconds / batches)
                 faults[names[i]].append(fault_count / batches)
             loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
-    base = np.array(times[names[0]])
+    base, cpu_base = np.array(times[names[0]]), np.array(cpu[names[0]])
     report = {"shape": args.shape, "model": args.model, "threads": args.threads,
               "batches_per_unit": batches, "reps": args.reps, "opts": args.opts,
               "loadavg_1min": [min(loads), float(np.median(loads)), max(loads)], "variants": {}}
@@ -97,6 +106,9 @@ def main(argv=None) -> int:
             "median_s_per_batch": round(float(np.median(t)), 4),
             "min": round(float(t.min()), 4), "max": round(float(t.max()), 4),
             "ratio_to_first": round(float(np.median(t / base)), 3),
+            # with one thread, CPU time is the work done, whatever the load
+            "median_cpu_s_per_batch": round(float(np.median(cpu[n])), 4),
+            "cpu_ratio_to_first": round(float(np.median(np.array(cpu[n]) / cpu_base)), 3),
             "faults_per_batch": round(float(np.median(faults[n])), 1)}
     print(json.dumps(report))
     return 0

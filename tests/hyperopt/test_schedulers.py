@@ -69,7 +69,7 @@ def test_pbt_explore_perturbs_within_bounds_by_the_weights():
 
 
 @pytest.mark.slow
-def test_autolfads_pbt_search_shares_states_and_resumes(search_env):
+def test_autolfads_pbt_search_shares_states_and_resumes(search_env, tmp_path):
     """Verify `--profile autolfads` (LFADS under population-based training): trials report
     their state as checkpoints, a trial in the bottom half continues from a top trial's
     state with perturbed values, only LFADS keys are searched, each trial has its seed, and
@@ -79,7 +79,7 @@ def test_autolfads_pbt_search_shares_states_and_resumes(search_env):
     from nlb_ndt.stages.make_submission import make_submission
 
     run, paths = search_env
-    opts = ["TRAIN.NUM_UPDATES", "12", "TRAIN.VAL_INTERVAL", "2",
+    opts = ["TRAIN.NUM_UPDATES", "8", "TRAIN.VAL_INTERVAL", "2",
             "TRAIN.CHECKPOINT_INTERVAL", "2", "LFADS.GEN_DIM", "16", "LFADS.IC_DIM", "8",
             "LFADS.IC_ENC_DIM", "8", "LFADS.CI_ENC_DIM", "4", "LFADS.CON_DIM", "4",
             "LFADS.FAC_DIM", "6", "USE_TENSORBOARD", "False"]
@@ -102,5 +102,6 @@ def test_autolfads_pbt_search_shares_states_and_resumes(search_env):
     # A trial that continues another's state takes that trial's config, seed included.
     assert {t["seed"] for t in again.trials} <= {5, 6, 7, 8}
     result = make_submission(["synthetic"], phase="val", paths=paths,
-                             experiments=[summary.experiment_dir.name])
+                             experiments=[summary.experiment_dir.name],
+                             out=tmp_path / "pbt-val.h5")
     assert {m["family"] for m in result.ensembles["synthetic"]["members"]} == {"lfads"}

@@ -181,7 +181,7 @@ def test_run_search_resumes_an_experiment_made_by_an_earlier_version(ray_env):
 
 
 @pytest.mark.slow
-def test_run_search_profile_stndt_trains_stndt_and_submits(ray_env):
+def test_run_search_profile_stndt_trains_stndt_and_submits(ray_env, tmp_path):
     """Verify `--profile stndt`: trials train STNDT models with the contrastive term and its
     searched keys, the experiment records the profile and the co-bps objective, and the
     unchanged submission stage ranks, ensembles and scores their snapshots."""
@@ -201,14 +201,15 @@ def test_run_search_profile_stndt_trains_stndt_and_submits(ray_env):
         assert cfg.MODEL.SPATIAL_ATTENTION and cfg.TRAIN.CONTRAST_LAMBDA > 0
         model, _ = load_model(next((Path(trial["run_dir"]) / "ckpts").glob("*.cobps.pth")))
         assert isinstance(model, STNDT)
-    result = make_submission(["synthetic"], phase="val", paths=paths)
+    result = make_submission(["synthetic"], phase="val", paths=paths,
+                             out=tmp_path / "stndt-val.h5")
     members = result.ensembles["synthetic"]["members"]
     assert {m["family"] for m in members} == {"stndt"}
     assert result.scores and result.scores[0]["co-bps"] is not None
 
 
 @pytest.mark.slow
-def test_skopt_lfads_search_runs_resumes_and_submits(ray_env):
+def test_skopt_lfads_search_runs_resumes_and_submits(ray_env, tmp_path):
     """Verify an LFADS search driven by the skopt searcher (the autolfads profile with the
     FIFO scheduler): it trains LFADS trials on the LFADS keys alone, grows by one trial when
     run again, and the unchanged submission stage ensembles its snapshots."""
@@ -223,5 +224,6 @@ def test_skopt_lfads_search_runs_resumes_and_submits(ray_env):
     for trial in second.trials:
         cfg = load_config(Path(trial["run_dir"]) / "config.yaml")
         assert cfg.MODEL.FAMILY == "lfads" and trial["status"] == "done"
-    result = make_submission(["synthetic"], phase="val", paths=paths, ensemble_size=1)
+    result = make_submission(["synthetic"], phase="val", paths=paths, ensemble_size=1,
+                             out=tmp_path / "lfads-val.h5")
     assert result.ensembles["synthetic"]["members"][0]["family"] == "lfads"

@@ -141,3 +141,91 @@ def test_fixup_scales_residual_weights():
         b = fixup.state_dict()[f"transformer_encoder.layers.0.{name}"]
         assert torch.allclose(a * scale, b)
     assert math.isclose(scale, 0.5634, rel_tol=1e-3)
+
+
+def _patched_masks(monkeypatch, full: torch.Tensor, blocks) -> None:
+    """Serve `cpu_kernels.keep_mask` from one fixed (B, h, T, T) 0/1 mask: all of it to the
+    plain path's one call, and each head's block windows, in order, to the banded path's."""
+    from nlb_ndt.model import cpu_kernels
+
+    windows = iter([full[:, h, b.rows, b.keys] for h in range(full.shape[1]) for b in blocks])
+
+    def fake(shape, p, *, dtype=torch.float32):
+        mask = full if tuple(shape) == tuple(full.shape) else next(windows)
+        assert tuple(mask.shape) == tuple(shape)
+        return mask.to(dtype)
+
+    monkeypatch.setattr(cpu_kernels, "keep_mask", fake)
+
+
+@pytest.mark.parametrize("context", [(0, 0), (2, 3), (5, 1), (-1, 4), (3, 0), (30, 30), None])
+@pytest.mark.parametrize("rows", [1, 4, 7, 23])
+def test_banded_training_path_matches_the_plain_path(monkeypatch, context, rows):
+    """Verify that the blocked CPU attention with dropout equals the plain softmax path with
+    the same dropout mask, forward and gradients, on bands of every width (and no band)."""
+    from nlb_ndt.model import cpu_kernels
+    from nlb_ndt.model.ndt import BandedSelfAttention
+
+    T, d, heads, p = 23, 12, 2, 0.3
+    mask = None if context is None else context_mask(T, *context)
+    blocks = cpu_kernels.band_blocks(mask, T, rows)
+    assert blocks is not None
+    monkeypatch.setattr(cpu_kernels, "rows_per_block", lambda *_: rows)
+    torch.manual_seed(0)
+    fast = BandedSelfAttention(d, heads, p, fast=True).train()
+    plain = BandedSelfAttention(d, heads, p, fast=False).train()
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(3, T, d)
+    full = (torch.rand(3, heads, T, T) >= p).float()
+    outputs, grads = [], []
+    for module in (fast, plain):
+        _patched_masks(monkeypatch, full, blocks)
+        xi = x.clone().requires_grad_()
+        out, _ = module(xi, mask)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        outputs.append(out)
+        grads.append([xi.grad] + [q.grad for q in module.parameters()])
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    for gf, gp in zip(*grads):
+        assert torch.allclose(gf, gp, atol=1e-5)
+
+
+def test_band_blocks_cover_each_band_and_refuse_other_masks():
+    """Verify that the blocks' windows hold every allowed pair of a band, and that a mask
+    that is not a forward-moving band gets no blocks (the plain path then runs)."""
+    from nlb_ndt.model.cpu_kernels import band_blocks, rows_per_block
+
+    T = 40
+    for cf, cb in [(0, 0), (3, 8), (8, 3), (-1, 5), (5, 0), (50, 50)]:
+        mask = context_mask(T, cf, cb)
+        rows = rows_per_block(mask, T)
+        covered = torch.zeros(T, T, dtype=torch.bool)
+        for blk in band_blocks(mask, T, rows):
+            window = mask[blk.rows, blk.keys]
+            bias = torch.zeros(window.shape) if blk.bias is None else blk.bias
+            assert torch.equal(bias == 0, window)  # -inf exactly where the band forbids
+            covered[blk.rows, blk.keys] |= window
+        assert torch.equal(covered, mask)
+    assert rows_per_block(context_mask(180, 100, 100), 180) == 180  # nearly full: one block
+    shuffled = context_mask(T, 2, 2)[torch.randperm(T, generator=torch.Generator().manual_seed(0))]
+    assert band_blocks(shuffled, T, 8) is None
+    assert band_blocks(torch.eye(T, dtype=torch.bool) | torch.eye(T, dtype=torch.bool).flip(1),
+                       T, 8) is None
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3, 0.7])
+def test_keep_mask_keeps_one_minus_p(p):
+    """Verify that the CPU dropout mask is 0/1 in the asked dtype and keeps 1 - p of the
+    elements (8-bit draws for multiples of 1/256, 16-bit otherwise)."""
+    from nlb_ndt.model.cpu_kernels import dropout, keep_mask
+
+    torch.manual_seed(0)
+    mask = keep_mask((64, 100, 50), p, dtype=torch.float64)
+    assert mask.dtype == torch.float64
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert abs(mask.mean().item() - (1 - p)) < 0.005
+    x = torch.ones(1000, 100, dtype=torch.float64)
+    dropped = dropout(x, p, True)
+    assert set(dropped.unique().tolist()) <= {0.0, 1.0 / (1.0 - p)}
+    assert abs(dropped.mean().item() - 1.0) < 0.02  # inverted dropout keeps the mean
+    assert dropout(x, p, False) is x

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from ray import tune
+
+from nlb_ndt.hyperopt.ray_compat import stop_tune_run
 
 logger = logging.getLogger(__name__)
 
@@ -100,18 +101,6 @@ class BudgetCallback(tune.Callback):
             logger.warning("the time budget is spent: stopping the search with %d trial(s) "
                            "paused at a validation; run it again with a larger "
                            "--time-budget to continue", len(running))
-            interrupt_tune()
-
-
-def interrupt_tune() -> None:
-    """Ask the running Tune loop to stop and save the experiment, as Ctrl-C does.
-
-    Tune handles SIGUSR1 like SIGINT when it runs in the main thread; elsewhere nothing is
-    installed for it, and the trials end on their own after PAUSE_WAIT_S.
-    """
-    handler = signal.getsignal(signal.SIGUSR1)
-    if handler in (signal.SIG_DFL, signal.SIG_IGN, None):
-        logger.warning("Tune is not running in the main thread: the paused trials end on "
-                       "their own after %.0f s", PAUSE_WAIT_S)
-        return
-    os.kill(os.getpid(), signal.SIGUSR1)
+            if not stop_tune_run():
+                logger.warning("Tune is not running in the main thread: the paused trials "
+                               "end on their own after %.0f s", PAUSE_WAIT_S)

@@ -1,4 +1,5 @@
-"""Ray connection, shared-storage check and node records: the search's cluster side.
+"""Ray connection, shared-storage check, a watch on trials that never start, and node
+records: the search's cluster side.
 
 A search either starts its own private Ray (no address) or joins a cluster (`--address`).
 Both need guarding against Ray's defaults:
@@ -6,20 +7,18 @@ Both need guarding against Ray's defaults:
 - without an address, `ray.init()` joins whatever `RAY_ADDRESS` or the last `ray start`
   (/tmp/ray/ray_current_cluster) points at, so a stale variable or file would send a
   local search to a dead or foreign cluster. `connect` always passes address="local"
-  (Ray 2.60: a new instance, whatever the environment says) and hides RAY_ADDRESS from
-  that call;
-- a private Ray is private: its GCS, raylet, workers and driver listen on 127.0.0.1 only
-  (Ray's default is every interface), and it requires a token generated for this run
-  (`write_run_token`: mode 0600, in a folder of its own under the run's Ray temp folder),
-  so neither another machine nor another local user without the token can submit work.
-  With an address the user's own RAY_AUTH_* settings are used, never changed;
+  (a new instance, whatever the environment says) and hides RAY_ADDRESS from that call;
+- Ray's servers listen on every interface. A private Ray listens on 127.0.0.1 only and
+  requires a token made for its run (`write_run_token`). With an address the user's own
+  RAY_AUTH_* settings are used;
 - with an address, `ray.init` retries an unreachable GCS for minutes before failing with
   a traceback. `connect` first opens a TCP connection to HOST:PORT with a timeout, so an
   unreachable cluster fails in seconds with one line naming the address and the check;
 - every trial writes into the experiment folder and reads the tensor cache, so every node
-  must see those folders at the same path. A node that does not (a node-local disk) would
-  write its trials where the driver never looks. `check_shared_storage` proves every
-  alive node sees them before any trial starts;
+  must see those folders at the same path. `check_shared_storage` proves every alive
+  node sees them before any trial starts;
+- trials that wait to start while none runs wait for something that is not coming;
+  `PendingWatch` ends such a run, saved, with one line on what they ask for;
 - a trial records the node and device it ran on (`trial_run_info`, in run_info.json and
   trials.csv), so a result can be traced to the machine, and a trial moved after a lost
   node shows each attempt.
@@ -29,6 +28,7 @@ Ray's private API is reached only through `ray_compat`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -38,17 +38,20 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray import tune
 
 from nlb_ndt.config.layout import RUN_INFO_FILE
-from nlb_ndt.hyperopt.ray_compat import (
+from nlb_ndt.hyperopt.ray_compat import (  # env_vars: search.py takes it from here
+    env_vars,
     init_local,
     last_started_cluster,
     reload_auth_settings,
+    stop_tune_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ STORAGE_FIX = "put NLB_HOME on storage every node mounts, for example NFS"
 #: A private Ray's token lives in a folder named so (plus the owning pid) in its temp root.
 AUTH_DIR_PREFIX = "nlb_ray_auth_"
 AUTH_TOKEN_FILE = "auth_token"
+#: Seconds trials may all wait to start, none running, before the run stops (0: never).
+PENDING_TIMEOUT_S = float(os.environ.get("NLB_PENDING_TIMEOUT_S", "300"))
 
 
 class ClusterError(RuntimeError):
@@ -102,44 +107,13 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             f"local search") from None
 
 
-@contextlib.contextmanager
-def env_vars(**values: str | None) -> Iterator[None]:
-    """Set (or, with None, remove) environment variables for the duration of a call."""
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def tune_settings() -> dict[str, str]:
-    """Environment settings for `Tuner.fit` (Tune's driver loop reads them as it starts).
-
-    TUNE_GLOBAL_CHECKPOINT_S=0 saves the experiment state (trials, searcher) at the end
-    of every step of Tune's loop, so the step that starts or ends a trial is saved before
-    the next one; Tune's default (10 s or more apart) lets a driver killed in between lose
-    a trial that had started training. A value the user set is kept.
-    """
+    """Environment settings for `Tuner.fit`: TUNE_GLOBAL_CHECKPOINT_S=0 saves the
+    experiment state (trials, searcher) at the end of every step of Tune's loop, so the
+    step that starts or ends a trial is saved before the next one (Tune's default, 10 s
+    or more apart, lets a driver killed in between lose a started trial). A value the
+    user set is kept."""
     return {"TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "0")}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
 
 
 def _remove_stale_tokens(root: Path) -> None:
@@ -147,8 +121,17 @@ def _remove_stale_tokens(root: Path) -> None:
     or it is this one (which runs no Ray when it starts another)."""
     for folder in root.glob(f"{AUTH_DIR_PREFIX}*_*"):
         pid = folder.name[len(AUTH_DIR_PREFIX):].split("_")[0]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-            shutil.rmtree(folder, ignore_errors=True)
+        if not pid.isdigit():
+            continue
+        try:
+            if int(pid) != os.getpid():
+                os.kill(int(pid), 0)
+                continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's, alive
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_run_token(temp_dir: str | None) -> Path:
@@ -158,27 +141,12 @@ def write_run_token(temp_dir: str | None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tokens(root)
     folder = Path(tempfile.mkdtemp(prefix=f"{AUTH_DIR_PREFIX}{os.getpid()}_", dir=root))
+    atexit.register(shutil.rmtree, folder, True)  # Ray's own exit hook runs first
     path = folder / AUTH_TOKEN_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))  # 256 bits, as Ray's own generator
     return path
-
-
-def _start_private(*, num_cpus: int | None, temp_dir: str | None,
-                   runtime_env: dict, log_to_driver: bool) -> None:
-    """A local Ray of this process's own: loopback only, with a token for this run."""
-    token = write_run_token(temp_dir)
-    # Ray's processes read these when they start (the GCS and raylet inherit them from
-    # this process, every worker from the raylet); this process reads them on the reload.
-    # They are set only while Ray starts, so the caller's own settings are back
-    # afterwards (a later --address in this process uses those).
-    with env_vars(RAY_ADDRESS=None, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=None,
-                  RAY_AUTH_TOKEN_PATH=str(token)):
-        reload_auth_settings()
-        init_local(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
-                   log_to_driver=log_to_driver)
-    logger.info("private Ray on 127.0.0.1 only, token authentication (token in %s)", token)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
@@ -201,18 +169,18 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     """
     runtime_env = dict(runtime_env or {})
     if not address:
-        _start_private(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
-                       log_to_driver=log_to_driver)
+        token = write_run_token(temp_dir)
+        init_local(num_cpus=num_cpus, temp_dir=temp_dir, runtime_env=runtime_env,
+                   log_to_driver=log_to_driver, token_file=token)
+        logger.info("private Ray on 127.0.0.1 only, with token authentication (%s)", token)
         return
     target = resolve_address(address)
     probe(target)
-    # The user's own RAY_AUTH_* settings as the environment has them now (a private Ray
-    # earlier in this process left Ray's cache on its token). "auto" goes to Ray as
-    # "auto", pinned to the address probed, so Ray's own rule for it applies too (a token
-    # in ~/.ray/auth_token turns authentication on where RAY_AUTH_MODE is unset).
+    # The user's RAY_AUTH_* settings as they are now (a private Ray earlier in this process
+    # left Ray's cache on its token). "auto" reaches Ray as "auto", pinned to the address
+    # probed, so Ray's rule for it holds (~/.ray/auth_token turns authentication on).
     reload_auth_settings()
-    auto = address == "auto"
-    # The port answers; bound the GCS handshake too (Ray's default waits 60 s and more).
+    auto = address == "auto"  # below: bound the GCS handshake too (Ray waits 60 s or more)
     with env_vars(RAY_ADDRESS=target if auto else None,
                   RAY_py_gcs_connect_timeout_s=str(CONNECT_TIMEOUT_S),
                   RAY_gcs_rpc_server_connect_timeout_s=str(CONNECT_TIMEOUT_S)):
@@ -223,13 +191,50 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
                 ray.exceptions.AuthenticationError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(f"cannot join the Ray cluster at {target} ({first}); check "
-                               f"it with `ray status --address {target}`") from None
+                               f"it with `ray status --address {target}`, and that this "
+                               f"process has its token if it has one (RAY_AUTH_MODE=token, "
+                               f"~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)") from None
     logger.info("joined the Ray cluster at %s: %d node(s)", target, len(alive_nodes()))
 
 
 def alive_nodes() -> list[dict]:
     """`ray.nodes()` entries of the nodes that are alive."""
     return [n for n in ray.nodes() if n.get("Alive")]
+
+
+class PendingWatch(tune.Callback):
+    """Ends a Tune run in which trials have waited to start for `timeout_s` while none
+    ran, as Ctrl-C does (saved: the same command continues it), with one line on what the
+    trials ask for and what the cluster has free. Each session attaches its own."""
+
+    def __init__(self, timeout_s: float = PENDING_TIMEOUT_S):
+        self.timeout_s = timeout_s
+        self.fired = False
+        self._since: float | None = None
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        waiting = [t for t in trials if t.status == "PENDING"]
+        if self.fired or not self.timeout_s or not waiting or \
+                any(t.status == "RUNNING" for t in trials):
+            self._since = None
+            return
+        self._since = self._since or time.monotonic()
+        if time.monotonic() - self._since < self.timeout_s:
+            return
+        self.fired = True
+        asks = waiting[0].placement_group_factory.required_resources
+        logger.error("no trial started within %g s: %d trial(s) wait for %s each, and the "
+                     "cluster has %s free of %s; stopping the search (it is saved: run the "
+                     "same command again, after `ray status` if on a cluster)",
+                     self.timeout_s, len(waiting), _plain(asks),
+                     _plain(ray.available_resources()), _plain(ray.cluster_resources()))
+        stop_tune_run()
+
+
+def _plain(resources: Mapping[str, float]) -> str:
+    """CPU, GPU and custom resources (not Ray's per-node and memory entries)."""
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items())
+                     if not k.startswith("node:") and "memory" not in k) or "nothing"
 
 
 # --------------------------------------------------------------------- shared storage
@@ -255,10 +260,9 @@ def check_shared_storage(paths_to_check: Sequence[str | Path], *,
     """Make sure every alive node sees `paths_to_check` (folders) as the driver does.
 
     The driver writes a token file with random content into each folder, then runs a
-    task pinned to every alive node that reads them back. A node that cannot (its own
-    disk at that path, a missing mount) stops the search before any trial, naming the
-    node and the folder. A single-node cluster has nothing to check. The token files
-    are removed afterwards.
+    task pinned to every alive node that reads them back (and removes them). A node that
+    cannot (its own disk there, a missing mount) stops the search before any trial,
+    naming the node and the folder. A single-node cluster has nothing to check.
 
     Raises:
         ClusterError: a node does not see a folder, or does not answer in `timeout_s`.

@@ -6,7 +6,8 @@ bytes, and Ray's default under a deep run folder exceeds that), (3) tell which c
 `address="auto"` would join, (4) keep a local Ray on the loopback interface (`ray.init`
 turns a node IP of 127.0.0.1 into the machine's outward IP, and every server then
 listens on all interfaces), (5) make a running process re-read the RAY_AUTH_* variables
-(Ray reads them once and caches them), or (6) set a restored Tuner's callbacks. All are
+(Ray reads them once and caches them), (6) set a restored Tuner's callbacks, or (7) end
+a Tune run from a callback, saving it (Tune's own signal hook does). All are
 needed, so all live here, behind one function each, and tests/hyperopt/test_ray_compat.py
 checks that the installed Ray still has what they touch. Upgrading Ray means re-checking
 this file.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,26 @@ from ray.tune.search import SearchGenerator
 
 #: The Ray release these shims were written against (requirements.txt pins it).
 TESTED_RAY_VERSION = "2.60.0"
+
+
+@contextlib.contextmanager
+def env_vars(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, remove) environment variables for the duration of a call
+    (Ray reads many of its settings from the environment of the process starting it)."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def set_sample_budget(generator: SearchGenerator, total: int) -> None:
@@ -62,13 +84,34 @@ def _loopback_node_ip() -> Iterator[None]:
 
 
 def init_local(*, num_cpus: int | None, temp_dir: str | None, runtime_env: dict,
-               log_to_driver: bool) -> None:
-    """Start a private local Ray instance (never an existing cluster) whose processes
-    listen on the loopback interface only, without a dashboard."""
-    with _loopback_node_ip():
+               log_to_driver: bool, token_file: str | Path) -> None:
+    """Start a private local Ray instance (never an existing cluster, whatever RAY_ADDRESS
+    says): its processes listen on the loopback interface only, there is no dashboard,
+    and every call needs the token in `token_file`.
+
+    Ray's processes take the RAY_AUTH_* settings from the environment they start with
+    (the GCS and raylet from this process, each worker from the raylet), and this process
+    from its reloaded cache; the environment is set only while Ray starts, so the
+    caller's own settings are back afterwards (a later cluster join uses those).
+    """
+    with env_vars(RAY_ADDRESS=None, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=None,
+                  RAY_AUTH_TOKEN_PATH=str(token_file)), _loopback_node_ip():
+        reload_auth_settings()
         ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir,
                  _node_ip_address=LOOPBACK, include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=log_to_driver)
+
+
+def stop_tune_run() -> bool:
+    """Ask the running Tune loop to stop and save the experiment, as Ctrl-C does.
+
+    A callback has no public way to end the run; Tune handles SIGUSR1 like SIGINT when it
+    runs in the main thread. False: nothing is installed for it (another thread).
+    """
+    if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return False
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return True
 
 
 def reload_auth_settings() -> None:

@@ -30,7 +30,13 @@ from nlb_ndt.data.preprocess import build_tensors
 from nlb_ndt.datasets import check_bin_ms
 from nlb_ndt.hyperopt import experiment as ex
 from nlb_ndt.hyperopt.budget import BudgetCallback, past, session_deadline
-from nlb_ndt.hyperopt.cluster import check_shared_storage, connect, env_vars, tune_settings
+from nlb_ndt.hyperopt.cluster import (
+    PendingWatch,
+    check_shared_storage,
+    connect,
+    env_vars,
+    tune_settings,
+)
 from nlb_ndt.hyperopt.ray_compat import configure_session
 from nlb_ndt.hyperopt.schedulers import SCHEDULERS, build_scheduler, population_space
 from nlb_ndt.hyperopt.searcher import SampleBudget, SkoptSearcher
@@ -269,7 +275,8 @@ def _run(plan: SearchPlan, *, address: str | None, resources: tuple[float, float
                               "time_budget_hours": time_budget, "deadline": deadline})
     tuner = _tuner(plan, seed=plan.seed, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
                    verbose=verbose, deadline=deadline)
-    configure_session(tuner, callbacks=[BudgetCallback(deadline)], reuse_actors=reuse_actors)
+    configure_session(tuner, callbacks=[BudgetCallback(deadline), PendingWatch()],
+                      reuse_actors=reuse_actors)
     if past(deadline) and plan.resume:
         logger.warning("the time budget of %g h is spent; run again with a larger "
                        "--time-budget to continue", time_budget)

@@ -6,7 +6,8 @@ matrix multiplies (issue "the same ensembles for less compute", item 4): PyTorch
 draws one random number per element, a boolean mask promotes to a float copy in every
 multiply that uses it (forward and backward), attention heads were made contiguous for
 `matmul` and gathered back, `masked_fill` and `where` are unvectorised on the CPU, and
-all T x T scores were computed for a band that can be much narrower than T.
+all T x T scores were computed for a band that can be much narrower than T. Measured
+effects: bench/RESULTS.md, "fp32 training step (issue: less compute)".
 
 Shape legend: B = trials, T = bins, d = model width, h = heads, dh = d / h; a block is a
 run of tq query bins with the window of sk key bins any of them may attend.
@@ -18,9 +19,11 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["Block", "band_blocks", "banded_attention", "keep_mask", "rows_per_block"]
+__all__ = ["BLOCK_OVERHEAD_PAIRS", "Block", "band_blocks", "banded_attention", "dropout",
+           "keep_mask", "residual_dropout", "rows_per_block"]
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *,
@@ -40,6 +43,46 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *,
     signed = bits.view(kind)[:n].view(shape)  # uniform on [-levels/2, levels/2)
     threshold = round(p * levels) - levels // 2
     return torch.ge(signed, threshold, out=torch.empty(shape, dtype=dtype))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout; on CPU with a float mask from random bytes (`keep_mask`).
+
+    PyTorch's CPU dropout draws one random number per element and was over half of a CPU
+    training step; here one 64-bit draw serves 8 or 4 elements, and the mask already holds
+    0 or 1/(1-p), so the forward and the backward are one multiply each. CUDA, and a
+    compiled model, keep PyTorch's dropout.
+    """
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0 or torch.compiler.is_compiling():
+        return F.dropout(x, p, True)  # CUDA's fused kernel; compiled, a traceable op
+    return x * keep_mask(x.shape, p, dtype=x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class _AddMasked(torch.autograd.Function):
+    """x + y * mask in one pass (addcmul), the mask saved for grad_y = grad * mask."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        return torch.addcmul(x, y, mask)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad, grad * mask, None
+
+
+def residual_dropout(x: torch.Tensor, y: torch.Tensor, p: float,
+                     training: bool) -> torch.Tensor:
+    """x + dropout(y): on the CPU one pass instead of a multiply and an add, whose two
+    (B, T, d) intermediates cost more than the arithmetic."""
+    if not training or p <= 0.0 or x.device.type != "cpu" or p >= 1.0 \
+            or torch.compiler.is_compiling() or x.shape != y.shape:
+        return x + dropout(y, p, training)
+    return _AddMasked.apply(x, y, keep_mask(y.shape, p, dtype=y.dtype).mul_(1.0 / (1.0 - p)))
 
 
 class Block(NamedTuple):
@@ -85,10 +128,32 @@ def band_blocks(mask: torch.Tensor | None, length: int, rows_per_block: int
     return blocks
 
 
+#: The fixed cost of one more block, in (query, key) pairs of work: its dozen extra
+#: operations against the pairs it saves. Measured on mc_maze's shape (training steps'
+#: CPU time on one thread, blocks of 24 to 180 rows): it puts 50/50 at 64 rows and 8/4
+#: at 48, where the measured optimum was flat between 36 and 64.
+BLOCK_OVERHEAD_PAIRS = 2000
+_BLOCK_ROWS = (16, 24, 32, 48, 64, 96)
+
+
 def rows_per_block(mask: torch.Tensor | None, length: int) -> int:
-    """How many query bins a block of `band_blocks` takes."""
-    import os
-    return int(os.environ.get("NDT_RPB", length))
+    """The block height for `band_blocks` with the least modelled work: the (query, key)
+    pairs inside the blocks' windows, plus BLOCK_OVERHEAD_PAIRS per block. The whole
+    length (one block, no windows) when that is cheaper, as for a band as wide as T."""
+    if mask is None:
+        return length
+    allowed = mask[:length, :length].cpu()
+    first = allowed.int().argmax(1)
+    last = length - 1 - allowed.flip(1).int().argmax(1)
+    best_rows, best_cost = length, length * length + BLOCK_OVERHEAD_PAIRS
+    for rows in _BLOCK_ROWS:
+        starts = range(0, length, rows)
+        cost = sum((min(length, t0 + rows) - t0) * int(last[min(length, t0 + rows) - 1]
+                                                       - first[t0] + 1) for t0 in starts)
+        cost += BLOCK_OVERHEAD_PAIRS * len(starts)
+        if cost < best_cost:
+            best_rows, best_cost = rows, cost
+    return best_rows
 
 
 def _accumulate(dst: torch.Tensor, keys: slice, value: torch.Tensor, alpha: float,

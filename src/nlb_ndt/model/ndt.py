@@ -14,10 +14,11 @@ Parameter and buffer names equal the original's, so its released checkpoints loa
 {self_attn.in_proj_weight, self_attn.in_proj_bias, self_attn.out_proj, linear1, linear2,
 norm1, norm2}, transformer_encoder.norm, decoder.0, and embedder.0 when EMBED_DIM > 0.
 
-Two attention paths compute the same function: the fast one calls
-`F.scaled_dot_product_attention` with a boolean band mask and never materialises the
-attention weights; the plain one is the textbook softmax(QK^T/sqrt(h) + mask)V, kept as a
-reference and for inspecting attention (`NDT.attention_weights`).
+Three attention paths compute the same function: without dropout the fast one calls
+`F.scaled_dot_product_attention` with a boolean band mask; training on the CPU with dropout
+it is `cpu_kernels.banded_attention` (query blocks against their key windows only, no
+layout copies, a hand-written backward); the plain one is the textbook softmax(QK^T/sqrt(h)
++ mask)V, the reference and the way to inspect attention (`NDT.attention_weights`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlb_ndt.config.typed import ModelConfig, model_config
-from nlb_ndt.model.cpu_kernels import (
-    band_blocks,
-    banded_attention,
-    keep_mask,
-    rows_per_block,
-)
+from nlb_ndt.model import cpu_kernels
+from nlb_ndt.model.cpu_kernels import dropout, residual_dropout
 
 IGNORE_INDEX = -100  # label value of elements that do not enter the loss
 
@@ -51,23 +48,8 @@ class NDTOutput(NamedTuple):
     log_rates: torch.Tensor  # (B, T, N)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout; on CPU with a float mask built from random bytes (`keep_mask`).
-
-    PyTorch's CPU dropout draws one random number per element and was over half of a CPU
-    training step; here one 64-bit draw serves 8 elements (p a multiple of 1/256) or 4
-    (p rounded to 1/65536), and the mask already holds 0 or 1/(1-p), so the forward and
-    the backward are one multiply each. CUDA keeps PyTorch's fused kernel.
-    """
-    if not training or p <= 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, True)
-    return x * keep_mask(x.shape, p, dtype=x.dtype).mul_(1.0 / (1.0 - p))
-
-
 class Dropout(nn.Module):
-    """nn.Dropout with the fast CPU path above."""
+    """nn.Dropout with the fast CPU path of `cpu_kernels.dropout`."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -75,6 +57,10 @@ class Dropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
+
+    def add(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """x + self(branch), one fused pass on the CPU (`cpu_kernels.residual_dropout`)."""
+        return residual_dropout(x, branch, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -123,13 +109,12 @@ class BandedSelfAttention(nn.Module):
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3d)
         q, k, v = qkv.view(B, T, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, T, d/h)
         p = self.dropout if self.training else 0.0
-        if self.fast and p > 0.0 and x.device.type == "cpu" and not return_weights:
-            blocks = self._band_blocks(mask, T)
-            if blocks is not None:
-                return self.out_proj(banded_attention(qkv, h, blocks, p)), None
+        cpu_train = p > 0.0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+        blocks = self._band_blocks(mask, T) if self.fast and cpu_train else None
+        if blocks is not None and not return_weights:
+            return self.out_proj(cpu_kernels.banded_attention(qkv, h, blocks, p)), None
         weights = None
-        # On CPU, fused attention with dropout falls back to an unfused kernel that is
-        # slower than the explicit path with our dropout, so it is used only without it.
+        # On CPU, fused attention with dropout falls back to an unfused kernel: not used.
         fused_ok = p == 0.0 or x.device.type != "cpu"
         if self.fast and fused_ok and not return_weights:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
@@ -143,8 +128,8 @@ class BandedSelfAttention(nn.Module):
         """The query blocks of `mask` (cpu_kernels.band_blocks), built once per mask."""
         key = (None if mask is None else (mask.data_ptr(), tuple(mask.shape)), length)
         if self._blocks_key != key:
-            self._blocks = band_blocks(mask, length, rows_per_block(mask, length))
-            self._blocks_key = key
+            rows = cpu_kernels.rows_per_block(mask, length)
+            self._blocks, self._blocks_key = cpu_kernels.band_blocks(mask, length, rows), key
         return self._blocks
 
     def _probabilities(self, q: torch.Tensor, k: torch.Tensor,
@@ -204,12 +189,12 @@ class EncoderLayer(nn.Module):
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.pre_norm:
             attn, weights = self.self_attn(self.norm1(x), mask, return_weights)
-            x = x + self.dropout1(attn)
-            x = x + self.dropout2(self._feed_forward(self.norm2(x)))
+            x = self.dropout1.add(x, attn)
+            x = self.dropout2.add(x, self._feed_forward(self.norm2(x)))
         else:
             attn, weights = self.self_attn(x, mask, return_weights)
-            x = self.norm1(x + self.dropout1(attn))
-            x = self.norm2(x + self.dropout2(self._feed_forward(x)))
+            x = self.norm1(self.dropout1.add(x, attn))
+            x = self.norm2(self.dropout2.add(x, self._feed_forward(x)))
         return x, weights
 
 
@@ -350,15 +335,16 @@ def poisson_loss(log_rates: torch.Tensor, labels: torch.Tensor, *,
                  topk: float = 1.0) -> torch.Tensor:
     """Mean Poisson NLL (no Stirling term), exp(r) - y*r, over labelled elements.
 
-    Computed with a mask rather than boolean indexing, so it never synchronises the
-    device or copies the selected elements.
+    Two dot products with a 0/1 weight: no boolean indexing (a device sync and a copy), no
+    `where` or boolean factor (an unvectorised pass, or a float copy, on the CPU).
     """
     log_rates = log_rates.float()  # the loss stays fp32 under bf16 autocast
     labelled = labels != IGNORE_INDEX
-    y = torch.where(labelled, labels, 0).to(log_rates.dtype)
-    nll = (torch.exp(log_rates) - y * log_rates) * labelled
     if topk < 1.0:
+        nll = torch.exp(log_rates) - torch.where(labelled, labels, 0) * log_rates
         values = nll[labelled]
         k = max(1, int(topk * values.numel()))
         return values.topk(k).values.mean()
-    return nll.sum() / labelled.sum().clamp_min(1)
+    r, w = log_rates.flatten(), labelled.flatten().to(log_rates.dtype)
+    y = labels.flatten().to(r.dtype) * w  # IGNORE_INDEX * 0 = 0
+    return (torch.dot(w, torch.exp(r)) - torch.dot(y, r)) / w.sum().clamp_min(1)
