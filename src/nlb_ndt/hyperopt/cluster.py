@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -45,7 +44,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from nlb_ndt.config.layout import RUN_INFO_FILE
+from nlb_ndt.config.layout import read_run_info
 from nlb_ndt.hyperopt.ray_compat import (  # env_vars: search.py takes it from here
     env_vars,
     init_local,
@@ -332,19 +331,14 @@ def trial_run_info(run_dir: str | Path) -> dict:
     another node after its node was lost shows both)."""
     node = node_info()
     node["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    attempts = []
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        attempts = list(json.loads((Path(run_dir) / RUN_INFO_FILE).read_text())
-                        .get("attempts", []))
+    attempts = list(read_run_info(run_dir).get("attempts", []))
     return {"node": node, "attempts": attempts + [node]}
 
 
 def trial_columns(run_dir: str | Path) -> dict:
     """trials.csv columns from a trial's run_info.json: host, node_id, device of the last
     attempt and the number of attempts (empty when the trial never started)."""
-    info: dict = {}
-    with contextlib.suppress(OSError, ValueError):
-        info = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text())
+    info = read_run_info(run_dir)
     node = info.get("node") or {}
     return {"host": node.get("host"), "node_id": node.get("node_id"),
             "device": node.get("device"), "attempts": len(info.get("attempts", [])) or None}
