@@ -11,6 +11,9 @@ keys (context 50/50, dropout 0.5). `--plain` runs the straightforward path (unfu
 attention, fp32), which is what the original architecture costs. `--concurrent K` starts
 K copies at once (as K trials sharing one GPU) and reports each one's speed. `--model
 stndt` adds STNDT's attention over neurons (MODEL.SPATIAL_ATTENTION) to the same template.
+For A/Bs: `--ndt FILE` times the NDT of another copy of nlb_ndt/model/ndt.py (one copied
+aside before a change), `--opts KEY VALUE ...` changes the config, `--compile` and
+`--flush-denormal` try those levers; `--no-amp` forces fp32 where bf16 is native.
 """
 
 from __future__ import annotations
