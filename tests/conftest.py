@@ -18,6 +18,21 @@ for _var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
     os.environ.pop(_var, None)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+# Under pytest-xdist (`make test` runs two workers on two cores), each worker and the
+# processes it starts use one thread: two workers of two threads each would spin
+# against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+
+def pytest_collection_modifyitems(items):
+    """Run the modules with slow tests first, so that with `--dist loadfile` the long Ray
+    searches start at once and the quick modules fill the gaps, instead of one worker
+    finishing a search alone at the end. The order is stable, so every worker agrees."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)
+
 
 @pytest.fixture(scope="session")
 def synthetic_home(tmp_path_factory) -> Path:

@@ -268,6 +268,7 @@ def test_generate_all_configs_writes_then_keeps_an_edited_config(tmp_path):
 # -- first-run errors of the long-running scripts (their full runs are tested elsewhere)
 
 
+@pytest.mark.slow
 def test_run_hyperopt_before_configs_fails_in_one_line(tmp_path):
     """Verify that the README's search command, run before generate_all_configs.py, exits 1
     with one line that names the missing config and the command that makes it."""
@@ -279,6 +280,7 @@ def test_run_hyperopt_before_configs_fails_in_one_line(tmp_path):
     assert not (home / "ray_results").exists()
 
 
+@pytest.mark.slow
 def test_scripts_check_arguments_before_files(tmp_path):
     """Verify that a bad argument is reported before any file is looked at: --samples -3
     with no config rendered yet names --samples; validate_test_submission.py names a
@@ -299,6 +301,7 @@ def test_scripts_check_arguments_before_files(tmp_path):
     assert not home.exists()
 
 
+@pytest.mark.slow
 def test_make_submission_before_search_fails_in_one_line(tmp_path):
     """Verify that `make_submission.py mc_maze --phase val` without a search exits 1 with one
     line pointing at generate_all_configs.py and run_hyperopt.py, writing nothing."""

@@ -36,6 +36,7 @@ def test_preprocess_paths_follow_contract(nlb_env):
         preprocess.tensor_path(DATASET, phase="train")
 
 
+@pytest.mark.slow
 def test_preprocess_val_tensors_equal_nlb_tools(nlb_env, nlb_dataset):
     """Verify that the cached val-phase tensors and targets equal nlb_tools' own output."""
     from nlb_tools.make_tensors import (
@@ -67,6 +68,7 @@ def test_preprocess_val_tensors_equal_nlb_tools(nlb_env, nlb_dataset):
     assert {"psth", "eval_cond_idx", "train_cond_idx"} <= set(cached_target)
 
 
+@pytest.mark.slow
 def test_preprocess_psth_equals_nlb_tools(nlb_env, nlb_dataset):
     """Verify that the cached PSTH entries equal nlb_tools' include_psth=True output."""
     from nlb_tools.make_tensors import make_eval_target_tensors
@@ -111,6 +113,7 @@ def test_preprocess_reuses_cache(nlb_env, caplog):
     assert "using cached" in caplog.text and "writing" not in caplog.text
 
 
+@pytest.mark.slow
 def test_preprocess_rebuilds_on_changed_source(synthetic_home, tmp_path, caplog):
     """Verify that a changed NWB file, or overwrite=True, rebuilds the cache."""
     dandiset = Path("raw") / SPEC.dandiset_id
@@ -131,6 +134,7 @@ def test_preprocess_rebuilds_on_changed_source(synthetic_home, tmp_path, caplog)
     assert not list(path.parent.glob(".*.tmp"))  # nothing half-written left behind
 
 
+@pytest.mark.slow
 def test_preprocess_20ms_shapes(nlb_env):
     """Verify the 20 ms track: 35 observed and 10 forward bins, groups named <name>_20."""
     val = preprocess.load_tensors(DATASET, phase="val", bin_ms=20)

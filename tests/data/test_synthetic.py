@@ -94,6 +94,7 @@ def test_synthetic_simulation_is_deterministic():
     assert not np.array_equal(a.train.latents, c.train.latents)
 
 
+@pytest.mark.slow
 def test_synthetic_true_rates_match_spikes(synthetic_home):
     """Verify that true rates are aligned with nlb_tools' tensors (per-neuron totals agree)."""
     from nlb_tools.evaluation import bits_per_spike

@@ -21,6 +21,7 @@ def _cobps(target, group: str, rates: dict) -> dict:
 
 
 @pytest.mark.parametrize("bin_ms", [5, 20])
+@pytest.mark.slow
 def test_baselines_val_score_ordering(nlb_env, bin_ms):
     """Verify that nlb_tools scores true rates > smoothing baseline > constant rates (val)."""
     group = SPEC.group(bin_ms)
@@ -37,6 +38,7 @@ def test_baselines_val_score_ordering(nlb_env, bin_ms):
     assert true["vel R2"] > smooth["vel R2"]
 
 
+@pytest.mark.slow
 def test_baselines_test_phase_ground_truth(nlb_env):
     """Verify that eval_data_test.h5 scores the true test-phase rates through evaluate."""
     group = SPEC.group(5)
@@ -48,6 +50,7 @@ def test_baselines_test_phase_ground_truth(nlb_env):
     assert true["co-bps"] > smooth["co-bps"] + 0.03
 
 
+@pytest.mark.slow
 def test_baselines_shapes_and_values(nlb_env):
     """Verify the six arrays: submission shapes, float32, finite and positive."""
     tensors = preprocess.load_tensors(DATASET, phase="test")

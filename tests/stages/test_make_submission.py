@@ -211,6 +211,7 @@ def test_experiments_with_different_settings_are_refused_in_one_line(experiments
     assert (ranking.stat().st_mtime_ns if ranking.exists() else None) == before
 
 
+@pytest.mark.slow
 def test_combined_experiments_pool_their_snapshots_and_record_them(experiments_search,
                                                                    tmp_path, capsys):
     """Verify that --combine-experiments ranks both experiments' snapshots (each its own

@@ -15,6 +15,7 @@ from nlb_ndt.stages.refit import refit_dir
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
+@pytest.mark.slow
 def test_refit_trains_each_member_on_train_and_val_and_is_reused(search, tmp_path):
     """Verify that a refit member trains on the train+val trials (the count it saw) for
     the epochs recorded with its snapshot, with its trial's seed; that the test-phase file

@@ -40,6 +40,7 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_script_trains_one_model_in_a_trial_layout(rendered, capsys):
     """Verify that `train.py NAME --seed S --opts ...` trains one model into
     $CHECKPOINT_DIR/NAME-sS with a trial's files, and prints where its snapshots are."""

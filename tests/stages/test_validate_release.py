@@ -180,6 +180,7 @@ def test_validate_script_fails_on_perturbed_copy(release, tmp_path, capsys):
     assert out.count("ok   mc_maze_small/") == 5
 
 
+@pytest.mark.slow
 def test_validate_script_cli_one_line_errors(nlb_env, tmp_path):
     """Verify that the real CLI reports a missing checkpoint root in one line, exit 1."""
     sub = tmp_path / "s.h5"
@@ -241,6 +242,7 @@ def test_released_members_reads_numeric_looking_trial_ids_as_text(tmp_path):
         [f"{t}.lve.pth" for t in ids]
 
 
+@pytest.mark.slow
 def test_validator_counts_a_member_listed_twice_twice(release, nlb_env, tmp_path,
                                                       monkeypatch, capsys):
     """Verify the one multiplicity rule on the validator path: a models.csv whose top N

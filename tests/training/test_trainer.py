@@ -22,6 +22,7 @@ def synthetic_cfg(**overrides):
     return load_config(TEMPLATE, opts)
 
 
+@pytest.mark.slow
 def test_train_short_run_learns_and_beats_smoothing(nlb_env, tmp_path):
     """Verify that a short CPU training reaches val co-bps well above 0 and above smoothing."""
     from nlb_ndt.data import preprocess
@@ -70,6 +71,7 @@ def test_train_stops_when_patience_runs_out(nlb_env, tmp_path):
     assert [m["epoch"] for m in seen] == [5, 10, 15, 20]
 
 
+@pytest.mark.slow
 def test_train_resumes_and_seeds_reproducibly(nlb_env, tmp_path):
     """Verify that an interrupted run resumes to the same result as an uninterrupted one."""
     base = {"TRAIN.NUM_UPDATES": 20, "TRAIN.VAL_INTERVAL": 5, "TRAIN.CHECKPOINT_INTERVAL": 5,
