@@ -10,7 +10,8 @@ The data are Poisson counts with the dataset's exact shape (trials, bins, neuron
 keys (context 50/50, dropout 0.5). `--plain` runs the straightforward path (unfused
 attention, fp32), which is what the original architecture costs. `--concurrent K` starts
 K copies at once (as K trials sharing one GPU) and reports each one's speed. `--model
-stndt` adds STNDT's attention over neurons (MODEL.SPATIAL_ATTENTION) to the same template.
+stndt` adds STNDT's attention over neurons (MODEL.SPATIAL_ATTENTION) to the same template;
+`--model lfads` trains LFADS with the autolfads profile's sizes and batch for the shape.
 For A/Bs: `--ndt FILE` times the NDT of another copy of nlb_ndt/model/ndt.py (one copied
 aside before a change), `--opts KEY VALUE ...` changes the config, `--compile` and
 `--flush-denormal` try those levers; `--no-amp` forces fp32 where bf16 is native.
@@ -47,7 +48,24 @@ def bench_config(shape: str, *, plain: bool, amp: bool, epochs: int, model: str 
             "TRAIN.LOG_INTERVAL", 10**6, "TRAIN.CHECKPOINT_INTERVAL", 10**6]
     if model == "stndt":  # the same template and shape, with attention over neurons added
         opts += ["MODEL.SPATIAL_ATTENTION", True]
+    if model == "lfads":  # AutoLFADS's settings for this dataset, searched keys mid-range
+        opts += lfads_opts(shape)
     return load_config(TEMPLATE_DIR / f"{shape}.yaml", opts + list(extra))
+
+
+def lfads_opts(shape: str) -> list:
+    """The autolfads profile's config for run `shape`, with each searched key at the
+    geometric (log-uniform) or arithmetic (uniform) middle of its range."""
+    from nlb_ndt.config.render import load_profile
+
+    profile = load_profile("autolfads")
+    settings = {**profile.config_for(shape), "TRAIN.NUM_UPDATES": None}
+    for key, dim in profile.search_space.items():
+        low, high = float(dim["low"]), float(dim["high"])
+        settings[key] = ((low * high) ** 0.5 if dim.get("sample_fn") == "loguniform"
+                         else (low + high) / 2)
+    return [item for key, value in settings.items() if value is not None
+            for item in (key, value)]
 
 
 @contextlib.contextmanager
@@ -168,7 +186,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where to train")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (median reported)")
-    parser.add_argument("--model", default="ndt", choices=["ndt", "stndt"],
+    parser.add_argument("--model", default="ndt", choices=["ndt", "stndt", "lfads"],
                         help="the NDT, or STNDT (MODEL.SPATIAL_ATTENTION) on the same template")
     parser.add_argument("--plain", action="store_true",
                         help="straightforward path: unfused attention, fp32")
