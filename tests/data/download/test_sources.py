@@ -341,6 +341,13 @@ def test_fetch_eval_data_refuses_to_replace_synthetic_ground_truth(fake):
     assert paths.eval_data_test.read_bytes() == b"synthetic truth"
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child: SIGINT at its default, as a terminal's Ctrl-C finds it. A process
+    started with SIGINT ignored (as a test worker may pass it on) keeps it ignored, and
+    Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_download_data_sigint_keeps_part_and_rerun_resumes(fake, small, capsys):
     """Verify that Ctrl-C during a slow download leaves the .part, and a re-run resumes it with
     a Range request from its size to byte-identical content."""
@@ -350,7 +357,8 @@ def test_download_data_sigint_keeps_part_and_rerun_resumes(fake, small, capsys):
     fake.inject(train.content, slow(delay_s=0.03, chunk=1024))
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "download_data.py"), "--datasets", SPEC.name],
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 30
         while not (train.part.exists() and train.part.stat().st_size > 0):
