@@ -187,7 +187,7 @@ def main(argv=None) -> int:
                         help="where to train")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (median reported)")
     parser.add_argument("--model", default="ndt", choices=["ndt", "stndt", "lfads"],
-                        help="the NDT, or STNDT (MODEL.SPATIAL_ATTENTION) on the same template")
+                        help="ndt, stndt (MODEL.SPATIAL_ATTENTION) or lfads (autolfads profile)")
     parser.add_argument("--plain", action="store_true",
                         help="straightforward path: unfused attention, fp32")
     parser.add_argument("--no-amp", dest="amp", action="store_false",

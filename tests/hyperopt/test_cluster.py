@@ -278,7 +278,6 @@ def _catch_second_trial(proc, exp_dir: Path, log: Path) -> tuple[Path, Path, lis
     raise AssertionError(f"never caught the second trial early: {log.read_text()[-3000:]}")
 
 
-
 def _ray_processes_after(marker: str, seconds: float) -> list:
     """The Ray processes of `marker` still alive after waiting up to `seconds` for them:
     workers (a reused trial actor too) exit as they notice their raylet is gone."""
@@ -286,6 +285,7 @@ def _ray_processes_after(marker: str, seconds: float) -> list:
     while _ray_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     return _ray_processes(marker)
+
 
 @pytest.mark.slow
 def test_killed_driver_loses_no_trial_leaves_no_ray_behind_and_resumes(search_env,
@@ -315,7 +315,7 @@ def test_killed_driver_loses_no_trial_leaves_no_ray_behind_and_resumes(search_en
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         marker = str(tmpdir)
-        assert not _ray_processes_after(marker, 30), _ray_processes(marker)
+        assert not (left := _ray_processes_after(marker, 30)), left
 
         again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                                check=False, timeout=300)
@@ -328,7 +328,7 @@ def test_killed_driver_loses_no_trial_leaves_no_ray_behind_and_resumes(search_en
         with (exp_dir / "trials.csv").open() as f:
             ids = {r["trial_id"]: r["status"] for r in csv.DictReader(f)}
         assert ids == {d.name.rsplit("_", 1)[1]: "done" for d in (finished_dir, running_dir)}
-        assert not _ray_processes_after(marker, 30), _ray_processes(marker)
+        assert not (left := _ray_processes_after(marker, 30)), left
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

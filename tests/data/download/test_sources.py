@@ -352,9 +352,7 @@ def test_download_data_sigint_keeps_part_and_rerun_resumes(fake, small, capsys):
     """Verify that Ctrl-C during a slow download leaves the .part, and a re-run resumes it with
     a Range request from its size to byte-identical content."""
     train = small[0]
-    # 256 KiB in about 8 s: the SIGINT must come before the end even on a loaded machine
-    # (it comes as soon as the .part has bytes, so the test does not wait for it)
-    fake.inject(train.content, slow(delay_s=0.03, chunk=1024))
+    fake.inject(train.content, slow(delay_s=0.03, chunk=4096))  # 256 KiB in about 2 s
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "download_data.py"), "--datasets", SPEC.name],
         cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
