@@ -68,6 +68,24 @@ def test_pbt_explore_perturbs_within_bounds_by_the_weights():
     assert edge["LFADS.LR_INIT"] <= 5e-3 and edge["LFADS.DROPOUT_RATE"] <= 0.6
 
 
+def test_pbt_keeps_the_state_a_clone_can_still_ask_for():
+    """Verify the shared states a PBT trial keeps: PBT may clone the state a top trial had
+    at its last perturbation up to an interval later, and Tune registers that state twice,
+    so at least two intervals' reports (and never fewer than Tune's minimum) are kept. With
+    five, the AutoLFADS schedule (interval 25, a report every 5 epochs) lost cloned states."""
+    from nlb_ndt.config.render import load_profile
+    from nlb_ndt.hyperopt.schedulers import pbt_checkpoints_kept, pbt_schedule
+
+    pbt = load_profile("autolfads").pbt
+    assert pbt_schedule(pbt, epochs=1000, val_interval=5) == (25, 105)
+    assert pbt_schedule(pbt, epochs=8, val_interval=2) == (2, 2)  # a smoke run still perturbs
+    assert pbt_checkpoints_kept(25, 5) >= 2 * 5 + 1 > 5
+    for interval in (1, 2, 7, 25, 60):
+        for val_interval in (1, 2, 5, 10):
+            reports = -(-interval // val_interval)
+            assert pbt_checkpoints_kept(interval, val_interval) >= max(5, 2 * reports + 1)
+
+
 @pytest.mark.slow
 def test_autolfads_pbt_search_shares_states_and_resumes(search_env, tmp_path):
     """Verify `--profile autolfads` (LFADS under population-based training): trials report
@@ -93,6 +111,7 @@ def test_autolfads_pbt_search_shares_states_and_resumes(search_env, tmp_path):
     assert all(key.startswith("LFADS.") for key in recorded["search_space"])
     logs = [(Path(t["run_dir"]) / "trial.log").read_text() for t in summary.trials]
     assert any("continues from trial" in log for log in logs)  # an exploit happened
+    assert not [t for t in summary.trials if t["status"] == "error"]
     assert any(Path(t["run_dir"]).glob("checkpoint_*") for t in summary.trials)
     model, _ = load_model(next(Path(summary.trials[0]["run_dir"]).glob("ckpts/*.lve.pth")))
     assert isinstance(model, LFADS)

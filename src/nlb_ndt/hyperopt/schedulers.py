@@ -87,13 +87,32 @@ def build_scheduler(name: str, *, epochs: int, val_interval: int,
     if not explore or missing:
         raise ValueError("--scheduler pbt needs a profile with pbt.explore weights for "
                          f"searched keys (e.g. --profile autolfads); not searched: {missing}")
-    # A run too short for the profile's schedule (a smoke test) still perturbs: at least
-    # four rounds, after a quarter of it.
-    interval = min(int(pbt.get("perturbation_interval", 25)), max(val_interval, epochs // 4))
-    burn_in = min(int(pbt.get("burn_in", 0)), epochs // 4)
+    interval, burn_in = pbt_schedule(pbt, epochs=epochs, val_interval=val_interval)
     return PopulationBasedTraining(
         time_attr="epoch", perturbation_interval=interval, burn_in_period=burn_in,
         quantile_fraction=PBT_QUANTILE, custom_explore_fn=PbtExplore(explore, dims, seed=seed))
+
+
+def pbt_schedule(pbt: Mapping[str, Any] | None, *, epochs: int, val_interval: int
+                 ) -> tuple[int, int]:
+    """PBT's (perturbation interval, burn-in) in epochs, from the profile's. A run too short
+    for them (a smoke test) still perturbs: at least four rounds, after a quarter of it."""
+    pbt = pbt or {}
+    interval = min(int(pbt.get("perturbation_interval", 25)), max(val_interval, epochs // 4))
+    burn_in = min(int(pbt.get("burn_in", 0)), epochs // 4)
+    return interval, burn_in
+
+
+def pbt_checkpoints_kept(interval: int, val_interval: int) -> int:
+    """How many shared states (Tune checkpoints, one per validation) each PBT trial keeps.
+
+    PBT clones the state a top trial had at its last perturbation, which can be a whole
+    interval old when another trial asks for it, and Tune registers that state twice (once
+    when reported, once when PBT "saves" it), so a trial keeps two intervals' worth and a
+    margin; fewer, and a clone can find its source deleted (Tune then fails the trial).
+    """
+    per_interval = -(-interval // max(1, val_interval))
+    return max(5, 2 * per_interval + 2)
 
 
 class SeedOfIndex:

@@ -38,7 +38,13 @@ from nlb_ndt.hyperopt.cluster import (
     tune_settings,
 )
 from nlb_ndt.hyperopt.ray_compat import configure_session
-from nlb_ndt.hyperopt.schedulers import SCHEDULERS, build_scheduler, population_space
+from nlb_ndt.hyperopt.schedulers import (
+    SCHEDULERS,
+    build_scheduler,
+    pbt_checkpoints_kept,
+    pbt_schedule,
+    population_space,
+)
 from nlb_ndt.hyperopt.searcher import SampleBudget, SkoptSearcher
 from nlb_ndt.hyperopt.trainable import run_trial, trial_dirname
 from nlb_ndt.paths import Paths, get_paths
@@ -49,8 +55,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_OBJECTIVE = "best_masked_loss"
 DEFAULT_GPUS_PER_TRIAL = 0.5
 DEFAULT_CPUS_PER_TRIAL = 3.0
-#: Shared states (Tune checkpoints) each PBT trial keeps; Tune warns below 3.
-PBT_CHECKPOINTS_KEPT = 5
 
 
 @dataclass
@@ -154,7 +158,7 @@ def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurr
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_cfg=plan.cfg_text,
                              experiment_dir=str(plan.exp_dir), deadline=deadline,
-                             share_state=plan.scheduler == "pbt"),
+                             shared_states=_shared_states_kept(plan)),
         {"cpu": cpus, "gpu": gpus})
     if plan.resume:
         # Unfinished trials continue from their state.pt; finished ones are kept as they are.
@@ -191,10 +195,19 @@ def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurr
             # One retry (from the trial's own state.pt) for transient failures such as a
             # lost node or running out of GPU memory; then the trial is recorded as errored.
             failure_config=tune.FailureConfig(max_failures=1, fail_fast=False),
-            # PBT copies states through the checkpoints trials report (only then); a few
-            # are kept, so a trial being cloned still has the one PBT chose.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS_KEPT),
+            # PBT copies states through the checkpoints trials report (only then); each
+            # trial prunes its own (run_trial), so Tune keeps them all.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             progress_reporter=reporter, verbose=verbose))
+
+
+def _shared_states_kept(plan: SearchPlan) -> int:
+    """How many shared states each trial keeps: none without PBT."""
+    if plan.scheduler != "pbt":
+        return 0
+    pbt = plan.profile.pbt if plan.profile else None
+    interval, _ = pbt_schedule(pbt, epochs=plan.epochs, val_interval=plan.val_interval)
+    return pbt_checkpoints_kept(interval, plan.val_interval)
 
 
 def run_search(name: str, *, samples: int | None = None, seed: int = 42,

@@ -40,7 +40,7 @@ def _plain(value: Any) -> Any:
 
 
 def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
-              deadline: float | None = None, share_state: bool = False) -> None:
+              deadline: float | None = None, shared_states: int = 0) -> None:
     """Ray Tune function trainable: train one model with the suggested hyperparameters.
 
     The run folder is the trial's own folder under `experiment_dir` (Ray's
@@ -55,9 +55,10 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
         deadline: this session's time-budget deadline (`time.time()`): past it, the trial
             stops at its next validation with its state saved, reports PAUSED_KEY and
             waits for the driver to end the run (nlb_ndt.hyperopt.budget).
-        share_state: population-based training: every report carries the trial's state as
-            a Tune checkpoint, and a trial told to continue another's (an exploit) starts
-            from that state with its own, perturbed, hyperparameters.
+        shared_states: population-based training when > 0: every report carries the
+            trial's state as a Tune checkpoint (the last `shared_states` of them are kept),
+            and a trial told to continue another's (an exploit) starts from that state with
+            its own, perturbed, hyperparameters.
     """
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -74,9 +75,10 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
         out["finished"] = bool(metrics.get("done", False))
         out["seed"] = int(cfg.SEED)
         reported.append(out)
-        if share_state and (run_dir / STATE_FILE).is_file():
+        if shared_states and (run_dir / STATE_FILE).is_file():
             with shared_state(run_dir, trial_id) as checkpoint:
                 tune.report(out, checkpoint=checkpoint)
+            prune_shared_states(run_dir, keep=shared_states)
         else:
             tune.report(out)
 
@@ -84,7 +86,7 @@ def run_trial(config: dict, *, base_cfg: str, experiment_dir: str,
         try:
             logger.info("trial %s (seed %d, process %d) in %s", trial_id, cfg.SEED,
                         os.getpid(), run_dir)
-            if share_state:
+            if shared_states:
                 take_shared_state(run_dir, trial_id)
             final = train_model(cfg, run_dir=run_dir, trial_id=trial_id, report=report,
                                 stop=StopRequest(deadline=deadline),
@@ -135,11 +137,23 @@ ORIGIN_FILE = "origin.json"
 @contextlib.contextmanager
 def shared_state(run_dir: Path, trial_id: str) -> Iterator[tune.Checkpoint]:
     """A Tune checkpoint of the trial's state.pt (Tune copies it into the trial's folder as
-    checkpoint_<n>/, keeping the last two); the staging copy is removed afterwards."""
+    checkpoint_<n>/, pruned by `prune_shared_states`); the staging copy is removed
+    afterwards."""
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".share-") as tmp:
         shutil.copy2(run_dir / STATE_FILE, Path(tmp) / STATE_FILE)
         (Path(tmp) / ORIGIN_FILE).write_text(json.dumps({"trial_id": trial_id}))
         yield tune.Checkpoint.from_directory(tmp)
+
+
+def prune_shared_states(run_dir: Path, *, keep: int) -> None:
+    """Remove all but the trial's `keep` newest shared states (checkpoint_<n>/).
+
+    The trial prunes them itself (Tune keeps every one): Tune registers a state PBT clones
+    twice, and its own pruning then deletes that folder twice and logs the second as an
+    error."""
+    folders = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    for old in folders[:-keep] if keep > 0 else ():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def take_shared_state(run_dir: Path, trial_id: str) -> None:
