@@ -44,3 +44,20 @@ def test_a_reused_worker_starts_its_next_trial_as_a_fresh_process_would(search_e
     assert reused["epoch"] == fresh["epoch"]
     assert reused["train_loss"] == fresh["train_loss"]
     assert reused["masked_loss"] == fresh["masked_loss"]
+
+
+def test_a_pbt_trial_prunes_its_oldest_shared_states_only(tmp_path):
+    """Verify that a trial keeps its `keep` newest shared states (Tune's checkpoint_<n>
+    folders, numbered in order) and leaves every other file of its folder alone."""
+    from nlb_ndt.hyperopt.trainable import prune_shared_states
+
+    for n in range(15):
+        (tmp_path / f"checkpoint_{n:06d}").mkdir()
+        (tmp_path / f"checkpoint_{n:06d}" / "state.pt").write_bytes(b"x")
+    (tmp_path / "state.pt").write_bytes(b"own")
+    prune_shared_states(tmp_path, keep=12)
+    left = sorted(p.name for p in tmp_path.glob("checkpoint_*"))
+    assert left == [f"checkpoint_{n:06d}" for n in range(3, 15)]
+    assert (tmp_path / "state.pt").read_bytes() == b"own"
+    prune_shared_states(tmp_path, keep=12)  # nothing more to remove
+    assert len(list(tmp_path.glob("checkpoint_*"))) == 12
