@@ -61,7 +61,11 @@ def test_run_search_smoke_on_cpu(ray_env, caplog):
 def test_run_search_resumes_until_samples(ray_env):
     """Verify that a search run again continues its experiment: it ends with exactly
     --samples trials, the finished trial is not retrained, and the restored searcher
-    continues its random stream instead of restarting it."""
+    continues its random stream instead of restarting it. Tune's state files are cut to
+    nothing first (a driver killed while Tune copied them): the complete copies kept
+    beside them are put back, so nothing is lost."""
+    from nlb_ndt.hyperopt.experiment import STATE_BACKUP_DIR
+
     paths, temp_dir = ray_env
     first = run_smoke_search(paths, temp_dir, samples=1, seed=7)
     assert len(first.trials) == 1
@@ -69,6 +73,11 @@ def test_run_search_resumes_until_samples(ray_env):
     files = _trial_files(Path(done["run_dir"]), done["trial_id"])
     stamps = {p: p.stat().st_mtime_ns for p in files}
     metrics = files[2].read_text()
+    states = [p for p in first.experiment_dir.glob("*state-*") if p.is_file()]
+    assert {p.name.split("-")[0] for p in states} >= {"experiment_state", "searcher"}
+    for path in states:
+        assert (path.parent / STATE_BACKUP_DIR / path.name).read_bytes() == path.read_bytes()
+        path.write_bytes(b"")
 
     second = run_smoke_search(paths, temp_dir, samples=2, seed=7)
     assert len(second.trials) == 2

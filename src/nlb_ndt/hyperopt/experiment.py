@@ -8,10 +8,12 @@ records the settings and every session (host, argv, versions) that ran it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
+import pickletools
 import socket
 import sys
 import time
@@ -83,6 +85,92 @@ def restorable(exp_dir: Path) -> bool:
     """Whether Ray can continue the experiment in `exp_dir`."""
     return (tune.Tuner.can_restore(str(exp_dir))
             and any(exp_dir.glob("experiment_state-*.json")))
+
+
+#: Tune's own records of an experiment (trials, searcher), rewritten as the search runs.
+TUNE_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json",
+                    "basic-variant-state-*.json", "searcher-state-*.pkl")
+#: Where the last complete copy of each of them is kept (see `StateBackup`).
+STATE_BACKUP_DIR = ".tune_state_backup"
+
+
+def _whole(path: Path) -> bytes | None:
+    """A Tune state file's bytes if it is whole, else None: a pickle (some are named .json)
+    whose opcodes run to the final STOP, read with pickletools, which executes nothing, or
+    JSON that parses."""
+    try:
+        data = path.read_bytes()
+        if data[:1] == b"\x80":  # the PROTO opcode that starts every pickle Tune writes
+            ops = list(pickletools.genops(data))
+            return data if ops[-1][0].name == "STOP" else None
+        json.loads(data)
+        return data
+    except Exception:  # noqa: BLE001 - whatever stops the reading, the file is not whole
+        return None
+
+
+class StateBackup(tune.Callback):
+    """Keeps a complete copy of each Tune state file of `exp_dir` in STATE_BACKUP_DIR.
+
+    Tune writes its state into a staging folder and copies it into the experiment folder
+    in the background, file by file and not atomically, so a driver killed during a copy
+    (SIGKILL, a power cut) leaves a cut file there, and a restore from it silently loses
+    every trial. After each step of Tune's loop, each state file that changed and reads
+    whole is copied (atomically) into the backup; `repair_state` puts it back.
+    """
+
+    def __init__(self, exp_dir: Path, min_interval_s: float = 1.0):
+        self.exp_dir = Path(exp_dir)
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+        self._copied: dict[str, tuple[int, int]] = {}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._last >= self.min_interval_s:
+            self.copy_complete()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.copy_complete()  # Tune has just saved its final state and waited for it
+
+    def copy_complete(self) -> None:
+        """Copy each state file that changed since its last copy and reads whole."""
+        self._last = time.monotonic()
+        for pattern in TUNE_STATE_FILES:
+            for path in self.exp_dir.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    stamp = (stat.st_mtime_ns, stat.st_size)
+                    if self._copied.get(path.name) == stamp:
+                        continue
+                    data = _whole(path)  # read once: Tune may be rewriting it
+                    if data is None:
+                        continue
+                    with atomic_write(self.exp_dir / STATE_BACKUP_DIR / path.name) as tmp:
+                        tmp.write_bytes(data)
+                    self._copied[path.name] = stamp
+
+
+def repair_state(exp_dir: Path) -> list[str]:
+    """Put back the last complete copy of each Tune state file that an interruption cut;
+    returns the names repaired (a cut file without a copy is left, with a warning)."""
+    repaired = []
+    for pattern in TUNE_STATE_FILES:
+        for path in sorted(exp_dir.glob(pattern)):
+            if _whole(path) is not None:
+                continue
+            data = _whole(exp_dir / STATE_BACKUP_DIR / path.name)
+            if data is None:
+                logger.warning("%s is incomplete (the last run was cut while writing it) "
+                               "and has no complete copy; Tune may not know the trials "
+                               "it recorded", path)
+                continue
+            with atomic_write(path) as tmp:
+                tmp.write_bytes(data)
+            repaired.append(path.name)
+    if repaired:
+        logger.warning("%s: the last run was cut while Tune saved its state; continuing "
+                       "from the last complete copy of %s", exp_dir, ", ".join(repaired))
+    return repaired
 
 
 def _write_json(path: Path, data: Any) -> None:

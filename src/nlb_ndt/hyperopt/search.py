@@ -286,9 +286,12 @@ def _run(plan: SearchPlan, *, address: str | None, resources: tuple[float, float
                     settings={**plan.record(address=address, cpus=cpus, gpus=gpus,
                                             max_concurrent=max_concurrent),
                               "time_budget_hours": time_budget, "deadline": deadline})
+    if plan.resume:
+        ex.repair_state(plan.exp_dir)
     tuner = _tuner(plan, seed=plan.seed, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
                    verbose=verbose, deadline=deadline)
-    configure_session(tuner, callbacks=[BudgetCallback(deadline), PendingWatch()],
+    configure_session(tuner, callbacks=[BudgetCallback(deadline), PendingWatch(),
+                                        ex.StateBackup(plan.exp_dir)],
                       reuse_actors=reuse_actors)
     if past(deadline) and plan.resume:
         logger.warning("the time budget of %g h is spent; run again with a larger "
