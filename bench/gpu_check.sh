@@ -4,13 +4,15 @@
 #   bash bench/gpu_check.sh            # from the repository root (or anywhere)
 #   PYTHON=/path/to/python bash bench/gpu_check.sh
 #
-# Steps (each under its own `timeout`, about 9 minutes in all):
+# Steps (each under its own `timeout`, about 10 minutes at most):
 #   1. the CUDA tests: pytest -m gpu;
 #   2. bench/train_speed.py --shape mc_maze --device cuda (target: <= 30 ms per epoch);
 #   3. the same with --concurrent 8 (target: each copy keeps at least half its solo speed,
 #      i.e. <= 2 x the solo seconds per epoch);
 #   4. a 16-trial smoke search on the synthetic dataset in a temporary NLB_HOME, packed
-#      at --gpus-per-trial 0.125 (8 trials per GPU): every trial done, and on a GPU.
+#      at --gpus-per-trial 0.125 (8 trials per GPU): every trial done, and on a GPU;
+#   5. the STNDT's and LFADS's epoch on mc_maze's shape (--model stndt, --model lfads),
+#      to set against step 2's NDT (no target: the cost of each model family).
 # A failed step is recorded (its exit code and last output line) and the next one runs.
 # GPU_CHECK_SAMPLES changes the number of search trials (e.g. 2 to try the script on a
 # CPU machine, where steps 2-3 fail and the search falls back to CPU trials).
@@ -43,6 +45,10 @@ step pytest_gpu 100 "$PY" -m pytest -q -m gpu tests
 step speed_solo 70 "$PY" bench/train_speed.py --shape mc_maze --device cuda --epochs 5
 step speed_concurrent8 130 "$PY" bench/train_speed.py --shape mc_maze --device cuda \
     --epochs 5 --concurrent 8
+step speed_stndt 60 "$PY" bench/train_speed.py --shape mc_maze --device cuda --epochs 3 \
+    --model stndt
+step speed_lfads 60 "$PY" bench/train_speed.py --shape mc_maze --device cuda --epochs 3 \
+    --model lfads
 export NLB_HOME="$WORK/nlb_home"
 step search_data 60 sh -c "'$PY' -m nlb_ndt.synthetic --out '$NLB_HOME/raw' --quiet \
     && '$PY' generate_all_configs.py --quiet"
@@ -74,7 +80,8 @@ def json_line(name):
 
 
 summary = {name: step(name) for name in
-           ("pytest_gpu", "speed_solo", "speed_concurrent8", "search_data", "search_packed")}
+           ("pytest_gpu", "speed_solo", "speed_concurrent8", "speed_stndt", "speed_lfads",
+            "search_data", "search_packed")}
 tests = summary["pytest_gpu"]
 # Every CUDA test ran and passed (a skip means CUDA was not visible to torch).
 tests["met"] = tests["exit"] == 0 and "passed" in tests["last_line"] \
@@ -89,6 +96,13 @@ if conc:
     if solo:
         # "keeps at least half its solo speed": every copy at most 2x the solo time.
         summary["speed_concurrent8"]["met"] = max(each) <= 2 * solo["seconds_per_epoch"]
+for family in ("stndt", "lfads"):
+    result = json_line(f"speed_{family}")
+    if result:
+        summary[f"speed_{family}"]["result"] = result
+        if solo:
+            summary[f"speed_{family}"]["epoch_vs_ndt"] = round(
+                result["seconds_per_epoch"] / solo["seconds_per_epoch"], 2)
 trials = home / "ray_results/neural-data-transformer/synthetic/synthetic-s0-smoke/trials.csv"
 if trials.is_file():
     with trials.open() as f:
