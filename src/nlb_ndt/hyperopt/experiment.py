@@ -122,12 +122,15 @@ class StateBackup(tune.Callback):
     def __init__(self, exp_dir: Path, min_interval_s: float = 1.0):
         self.exp_dir = Path(exp_dir)
         self.min_interval_s = min_interval_s
+        self._interval = min_interval_s
         self._last = 0.0
         self._copied: dict[str, tuple[int, int]] = {}
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self._last >= self.min_interval_s:
+        if time.monotonic() - self._last >= self._interval:
             self.copy_complete()
+            # A big search's state takes longer to check: at most 5 % of the driver's time.
+            self._interval = max(self.min_interval_s, 20 * (time.monotonic() - self._last))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.copy_complete()  # Tune has just saved its final state and waited for it
