@@ -1,4 +1,5 @@
-"""One experiment of a search: its name, folder, record, resources and summary.
+"""One experiment of a search: its name, folder, record, resources and summary, and the
+complete copies of Tune's state kept in its folder (`StateBackup`, `repair_state`).
 
 An experiment is RAY_TUNE_HOME/<name>/<name>-s<seed>[-<profile>][-cobps][-smoke][-<n>]:
 the seed, a profile, a non-default objective and a smoke test each make a different
