@@ -152,7 +152,7 @@ def prune_shared_states(run_dir: Path, *, keep: int) -> None:
     twice, and its own pruning then deletes that folder twice and logs the second as an
     error."""
     folders = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
-    for old in folders[:-keep] if keep > 0 else ():
+    for old in folders[:-keep]:  # keep=0 removes none ([:-0] is empty)
         shutil.rmtree(old, ignore_errors=True)
 
 
