@@ -72,6 +72,42 @@ def test_ray_private_api_shims_match_the_installed_ray():
     assert "self._local_tuner" in inspect.getsource(ray.tune.Tuner.__init__)
 
 
+def test_configure_session_makes_tune_keep_every_checkpoint_of_old_and_new_trials(tmp_path):
+    """Verify that a Tuner whose run config (as a restored experiment from before trials
+    pruned their own states would) limits checkpoints to 2 keeps every checkpoint once
+    configured: new trials get no limit, and a trial made with the limit loses it when it
+    starts, so 4 registered checkpoints all stay on disk (without the callback Tune deletes
+    the oldest 2, which the first half of the test checks)."""
+    from ray import tune
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+
+    from nlb_ndt.hyperopt.ray_compat import configure_session
+
+    def register_four(trial: Trial, folder: Path) -> list[str]:
+        folder.mkdir()
+        for i in range(4):
+            (folder / f"state_{i}").mkdir()
+            trial.run_metadata.checkpoint_manager.register_checkpoint(_TrainingResult(
+                checkpoint=Checkpoint(str(folder / f"state_{i}")), metrics={"epoch": i}))
+        return sorted(p.name for p in folder.iterdir())
+
+    limited = tune.CheckpointConfig(num_to_keep=2)
+    plain = Trial("__fake", stub=True, checkpoint_config=limited)
+    assert register_four(plain, tmp_path / "plain") == ["state_2", "state_3"]
+
+    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(
+        storage_path=str(tmp_path / "runs"), checkpoint_config=limited))
+    configure_session(tuner, callbacks=[], reuse_actors=False)
+    run_config = tuner._local_tuner.get_run_config()
+    assert run_config.checkpoint_config.num_to_keep is None
+    restored = Trial("__fake", stub=True, checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+    for callback in run_config.callbacks:
+        callback.on_trial_start(iteration=0, trials=[restored], trial=restored)
+    assert register_four(restored, tmp_path / "restored") == [f"state_{i}" for i in range(4)]
+
+
 # ------------------------------------------------------------- the private Ray itself
 def _ppids() -> dict[int, list[int]]:
     """{parent pid: [child pids]} of every process."""

@@ -6,8 +6,9 @@ bytes, and Ray's default under a deep run folder exceeds that), (3) tell which c
 `address="auto"` would join, (4) keep a local Ray on the loopback interface (`ray.init`
 turns a node IP of 127.0.0.1 into the machine's outward IP, and every server then
 listens on all interfaces), (5) make a running process re-read the RAY_AUTH_* variables
-(Ray reads them once and caches them), (6) set a restored Tuner's callbacks, or (7) end
-a Tune run from a callback, saving it (Tune's own signal hook does). All are
+(Ray reads them once and caches them), (6) set a restored Tuner's callbacks and its
+trials' checkpoint retention (both are pickled into the experiment), or (7) end a Tune
+run from a callback, saving it (Tune's own signal hook does). All are
 needed, so all live here, behind one function each, and tests/hyperopt/test_ray_compat.py
 checks that the installed Ray still has what they touch. Upgrading Ray means re-checking
 this file.
@@ -16,12 +17,14 @@ this file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import ray
+from ray import tune
 from ray.tune.search import SearchGenerator
 
 #: The Ray release these shims were written against (requirements.txt pins it).
@@ -157,8 +160,31 @@ def configure_session(tuner, *, callbacks: list, reuse_actors: bool) -> None:
     made, and `Tuner.restore` takes no new ones; callbacks that hold this session's
     settings (its time budget) and actor reuse are therefore set on the Tuner's internals
     after it is made, so they are neither pickled nor lost on a restore.
+
+    Tune deletes none of a trial's reported checkpoints: trials prune their own (PBT's
+    shared states, `trainable.prune_shared_states`), and Tune's pruning could delete a
+    state a PBT clone has still to read. Experiments started before that rule pickled a
+    limit (5) into the run config and into every trial; both are lifted here.
     """
     internal = tuner._local_tuner
     run_config = internal.get_run_config()
-    run_config.callbacks = [*(run_config.callbacks or []), *callbacks]
+    run_config.checkpoint_config.num_to_keep = None  # the trials made from now on
+    run_config.callbacks = [*(run_config.callbacks or []), *callbacks, KeepEveryCheckpoint()]
     internal._tune_config.reuse_actors = bool(reuse_actors)
+
+
+def keep_every_checkpoint(trial) -> None:
+    """Make Tune keep every checkpoint `trial` reports from now on (a restored trial
+    carries the retention limit it was made with)."""
+    manager = trial.run_metadata.checkpoint_manager
+    if manager.checkpoint_config.num_to_keep is not None:
+        manager._checkpoint_config = dataclasses.replace(manager.checkpoint_config,
+                                                         num_to_keep=None)
+
+
+class KeepEveryCheckpoint(tune.Callback):
+    """Lifts the retention limit of every trial as it starts or resumes, before it can
+    report a checkpoint (Tune prunes only when a checkpoint is registered)."""
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        keep_every_checkpoint(trial)
