@@ -95,6 +95,11 @@ TUNE_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json",
 STATE_BACKUP_DIR = ".tune_state_backup"
 
 
+def _state_files(exp_dir: Path) -> list[Path]:
+    """The experiment's Tune state files (TUNE_STATE_FILES), in a stable order."""
+    return sorted(path for pattern in TUNE_STATE_FILES for path in exp_dir.glob(pattern))
+
+
 def _whole(path: Path) -> bytes | None:
     """A Tune state file's bytes if it is whole, else None: a pickle (some are named .json)
     whose opcodes run to the final STOP, read with pickletools, which executes nothing, or
@@ -139,38 +144,36 @@ class StateBackup(tune.Callback):
     def copy_complete(self) -> None:
         """Copy each state file that changed since its last copy and reads whole."""
         self._last = time.monotonic()
-        for pattern in TUNE_STATE_FILES:
-            for path in self.exp_dir.glob(pattern):
-                with contextlib.suppress(FileNotFoundError):
-                    stat = path.stat()
-                    stamp = (stat.st_mtime_ns, stat.st_size)
-                    if self._copied.get(path.name) == stamp:
-                        continue
-                    data = _whole(path)  # read once: Tune may be rewriting it
-                    if data is None:
-                        continue
-                    with atomic_write(self.exp_dir / STATE_BACKUP_DIR / path.name) as tmp:
-                        tmp.write_bytes(data)
-                    self._copied[path.name] = stamp
+        for path in _state_files(self.exp_dir):
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                stamp = (stat.st_mtime_ns, stat.st_size)
+                if self._copied.get(path.name) == stamp:
+                    continue
+                data = _whole(path)  # read once: Tune may be rewriting it
+                if data is None:
+                    continue
+                with atomic_write(self.exp_dir / STATE_BACKUP_DIR / path.name) as tmp:
+                    tmp.write_bytes(data)
+                self._copied[path.name] = stamp
 
 
 def repair_state(exp_dir: Path) -> list[str]:
     """Put back the last complete copy of each Tune state file that an interruption cut;
     returns the names repaired (a cut file without a copy is left, with a warning)."""
     repaired = []
-    for pattern in TUNE_STATE_FILES:
-        for path in sorted(exp_dir.glob(pattern)):
-            if _whole(path) is not None:
-                continue
-            data = _whole(exp_dir / STATE_BACKUP_DIR / path.name)
-            if data is None:
-                logger.warning("%s is incomplete (the last run was cut while writing it) "
-                               "and has no complete copy; Tune may not know the trials "
-                               "it recorded", path)
-                continue
-            with atomic_write(path) as tmp:
-                tmp.write_bytes(data)
-            repaired.append(path.name)
+    for path in _state_files(exp_dir):
+        if _whole(path) is not None:
+            continue
+        data = _whole(exp_dir / STATE_BACKUP_DIR / path.name)
+        if data is None:
+            logger.warning("%s is incomplete (the last run was cut while writing it) "
+                           "and has no complete copy; Tune may not know the trials "
+                           "it recorded", path)
+            continue
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
+        repaired.append(path.name)
     if repaired:
         logger.warning("%s: the last run was cut while Tune saved its state; continuing "
                        "from the last complete copy of %s", exp_dir, ", ".join(repaired))

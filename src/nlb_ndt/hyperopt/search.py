@@ -195,9 +195,8 @@ def _tuner(plan: SearchPlan, *, seed: int, cpus: float, gpus: float, max_concurr
             # One retry (from the trial's own state.pt) for transient failures such as a
             # lost node or running out of GPU memory; then the trial is recorded as errored.
             failure_config=tune.FailureConfig(max_failures=1, fail_fast=False),
-            # PBT copies states through the checkpoints trials report (only then); each
-            # trial prunes its own (run_trial), so Tune keeps them all.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            # Checkpoint retention (PBT's shared states): none is deleted by Tune, new or
+            # restored experiment alike, as configure_session sets; trials prune their own.
             progress_reporter=reporter, verbose=verbose))
 
 
